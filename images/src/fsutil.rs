@@ -1,0 +1,64 @@
+//! Small file system helpers shared by the store, the packers and the
+//! kernel cache: removing a tree that may hold read-only directories,
+//! writing a file durably, publishing a file atomically.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// Removes `path` and all it holds. Directories without write permission
+/// (an image may have them) are opened up first when that is what failed.
+/// Symlinks are removed, never followed.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
+            open_up(path)?;
+            fs::remove_dir_all(path)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn open_up(path: &Path) -> io::Result<()> {
+    let md = fs::symlink_metadata(path)?;
+    if md.is_dir() {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+        for e in fs::read_dir(path)? {
+            open_up(&e?.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `data` to `path` and syncs it.
+pub fn write_synced(path: &Path, data: &[u8]) -> io::Result<()> {
+    let mut f = fs::File::create(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// Publishes `tmp` as `dest` with one rename (same file system), so that a
+/// reader sees the whole file or none.
+pub fn publish(tmp: &Path, dest: &Path) -> io::Result<()> {
+    fs::File::open(tmp)?.sync_all()?;
+    fs::rename(tmp, dest)
+}
+
+/// Bytes of file data under `root` (regular files' sizes), without following
+/// symlinks.
+pub fn tree_size(root: &Path) -> io::Result<u64> {
+    let mut total = 0;
+    for e in fs::read_dir(root)? {
+        let e = e?;
+        let md = e.metadata()?;
+        if md.is_dir() {
+            total += tree_size(&e.path())?;
+        } else if md.is_file() {
+            total += md.len();
+        }
+    }
+    Ok(total)
+}

@@ -1,0 +1,24 @@
+//! twinbox-images: everything about the filesystem a workload runs from.
+//!
+//! - [`store`]: the image store (one unpacked rootfs per image, atomic).
+//! - [`oci`]: import from `docker save` tarballs and OCI image layouts, with
+//!   [`layer`] applying each layer confined to the rootfs ([`confined`]).
+//! - [`base`]: the `busybox` base image, built from Debian's busybox-static.
+//! - [`initramfs`] and [`ext4`]: rootfs packers for the VM, cached by content.
+//! - [`kernel`]: the guest kernel recipe (our config fragment on Debian's
+//!   linux-source), built into a cache keyed by its inputs.
+//!
+//! It knows nothing of VMs, containers or benchmarks.
+
+pub mod config;
+pub mod confined;
+pub mod digest;
+pub mod fsutil;
+pub mod layer;
+pub mod oci;
+pub mod reference;
+pub mod store;
+
+pub use config::{ImageMeta, RunConfig};
+pub use reference::Reference;
+pub use store::{Image, Store};
