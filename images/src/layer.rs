@@ -356,3 +356,157 @@ fn whiteout(root: &Root, rel: &Path, name: &OsStr, created: &HashSet<PathBuf>) -
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Tar;
+    use std::fs;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    type TestResult = std::result::Result<(), Box<dyn std::error::Error>>;
+
+    fn apply_all(root: &Path, layers: &[Vec<u8>]) -> Result<Report> {
+        let r = Root::open(root)?;
+        let mut report = Report::default();
+        for l in layers {
+            apply(&r, &l[..], &Options::default(), &mut report)?;
+        }
+        Ok(report)
+    }
+
+    #[test]
+    fn files_modes_links_and_order() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let l1 = Tar::new()
+            .dir("bin/", 0o755)
+            .file("bin/app", 0o4755, b"v1")
+            .hardlink("bin/app2", "bin/app")
+            .symlink("bin/sh", "/bin/app")
+            .dir("ro/", 0o555)
+            .file("ro/inside", 0o600, b"x")
+            .entry(EntryType::Fifo, "pipe", 0o640, "", b"")
+            .finish();
+        let l2 = Tar::new().file("bin/app", 0o755, b"v2").finish();
+        apply_all(tmp.path(), &[l1, l2])?;
+        let p = tmp.path();
+        assert_eq!(fs::read(p.join("bin/app"))?, b"v2");
+        assert_eq!(fs::read(p.join("bin/app2"))?, b"v1", "hard link kept the first file");
+        assert_eq!(fs::read_link(p.join("bin/sh"))?, Path::new("/bin/app"));
+        assert_eq!(fs::metadata(p.join("bin/app"))?.permissions().mode() & 0o7777, 0o755);
+        assert_eq!(fs::metadata(p.join("bin/app2"))?.permissions().mode() & 0o7777, 0o4755);
+        assert_eq!(fs::metadata(p.join("bin/app2"))?.nlink(), 1);
+        assert_eq!(fs::metadata(p.join("ro"))?.permissions().mode() & 0o7777, 0o555);
+        assert_eq!(fs::read(p.join("ro/inside"))?, b"x");
+        assert_eq!(fs::metadata(p.join("bin/app"))?.mtime(), 1_700_000_000);
+        assert!(fs::symlink_metadata(p.join("pipe"))?.file_type().is_fifo_like());
+        Ok(())
+    }
+
+    trait FifoLike {
+        fn is_fifo_like(&self) -> bool;
+    }
+    impl FifoLike for fs::FileType {
+        fn is_fifo_like(&self) -> bool {
+            use std::os::unix::fs::FileTypeExt;
+            self.is_fifo()
+        }
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let l1 = Tar::new()
+            .file("a", 0o644, b"a")
+            .file("d/old1", 0o644, b"1")
+            .file("d/old2", 0o644, b"2")
+            .file("e/sub/deep", 0o644, b"3")
+            .finish();
+        let l2 = Tar::new()
+            .file(".wh.a", 0o644, b"")
+            .file("d/.wh..wh..opq", 0o644, b"")
+            .file("d/new", 0o644, b"n")
+            .file(".wh.e", 0o644, b"")
+            .finish();
+        apply_all(tmp.path(), &[l1, l2])?;
+        let p = tmp.path();
+        assert!(!p.join("a").exists());
+        assert!(!p.join("e").exists());
+        let mut names: Vec<_> = fs::read_dir(p.join("d"))?.flatten().map(|e| e.file_name()).collect();
+        names.sort();
+        assert_eq!(names, vec!["new"]);
+        assert!(!p.join(".wh.a").exists());
+        Ok(())
+    }
+
+    #[test]
+    fn hostile_paths_never_leave_the_root() -> TestResult {
+        let outside = tempfile::tempdir()?;
+        let tmp = tempfile::tempdir()?;
+        let root = tmp.path().join("root");
+        fs::create_dir(&root)?;
+        // `..` is refused.
+        let l = Tar::new().file("../escape", 0o644, b"x").finish();
+        assert!(matches!(apply_all(&root, &[l]), Err(Error::Path(confined::Error::Escapes(_)))));
+        assert!(!tmp.path().join("escape").exists());
+        // Absolute paths and symlinks to / are confined.
+        let l = Tar::new()
+            .file("/abs", 0o644, b"x")
+            .symlink("evil", "/")
+            .file("evil/x", 0o644, b"x")
+            .symlink("rel", "../../../../..")
+            .file("rel/y", 0o644, b"y")
+            .finish();
+        apply_all(&root, &[l])?;
+        assert!(root.join("abs").is_file() && root.join("x").is_file() && root.join("y").is_file());
+        // A symlink to a host directory, then a write through it: refused
+        // (the target does not exist inside the root), host untouched.
+        let target = outside.path().to_string_lossy().into_owned();
+        let l = Tar::new().symlink("host", &target).file("host/pwn", 0o644, b"x").finish();
+        assert!(apply_all(&root, &[l]).is_err());
+        assert_eq!(fs::read_dir(outside.path())?.count(), 0);
+        // A file entry over a symlink replaces the symlink, not its target.
+        fs::write(outside.path().join("victim"), b"safe")?;
+        let victim = outside.path().join("victim").to_string_lossy().into_owned();
+        let l = Tar::new().symlink("v", &victim).file("v", 0o644, b"pwned").finish();
+        apply_all(&root, &[l])?;
+        assert_eq!(fs::read(outside.path().join("victim"))?, b"safe");
+        assert_eq!(fs::read(root.join("v"))?, b"pwned");
+        // A hard link to a host file: resolved inside the root, where it is missing.
+        let l = Tar::new().hardlink("shadow", "/etc/passwd").finish();
+        assert!(matches!(apply_all(&root, &[l]), Err(Error::HardLinkTarget { .. })));
+        // Device nodes are skipped with a warning.
+        let l = Tar::new().entry(EntryType::Char, "dev/mem", 0o600, "", b"").finish();
+        let report = apply_all(&root, &[l])?;
+        assert!(!root.join("dev/mem").exists());
+        assert_eq!(report.warnings.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn size_limit_stops_a_bomb() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let l = Tar::new().file("big", 0o644, &vec![0u8; 4096]).finish();
+        let r = Root::open(tmp.path())?;
+        let opts = Options {
+            max_bytes: 1000,
+            ..Options::default()
+        };
+        let err = apply(&r, &l[..], &opts, &mut Report::default());
+        assert!(matches!(err, Err(Error::TooLarge { limit: 1000 })));
+        Ok(())
+    }
+
+    #[test]
+    fn truncated_and_garbage_archives_are_errors() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let l = Tar::new().file("f", 0o644, &vec![7u8; 5000]).finish();
+        let r = Root::open(tmp.path())?;
+        let err = apply(&r, &l[..1000], &Options::default(), &mut Report::default());
+        assert!(matches!(err, Err(Error::Archive(_)) | Err(Error::Write { .. })), "{err:?}");
+        let garbage = vec![0x5au8; 2048];
+        let err = apply(&r, &garbage[..], &Options::default(), &mut Report::default());
+        assert!(matches!(err, Err(Error::Archive(_))), "{err:?}");
+        Ok(())
+    }
+}

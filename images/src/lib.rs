@@ -10,14 +10,23 @@
 //!
 //! It knows nothing of VMs, containers or benchmarks.
 
+pub mod base;
+pub mod cache;
+pub mod command;
 pub mod config;
 pub mod confined;
 pub mod digest;
+pub mod ext4;
 pub mod fsutil;
+pub mod initramfs;
+pub mod kernel;
 pub mod layer;
 pub mod oci;
 pub mod reference;
 pub mod store;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+pub mod walk;
 
 pub use config::{ImageMeta, RunConfig};
 pub use reference::Reference;

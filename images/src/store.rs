@@ -163,14 +163,7 @@ impl Store {
                 .to_str()
                 .and_then(|n| n.split('-').next())
                 .and_then(|p| p.parse::<i32>().ok());
-            let alive = match pid {
-                Some(p) => !matches!(
-                    nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None),
-                    Err(nix::errno::Errno::ESRCH)
-                ),
-                None => false,
-            };
-            if !alive {
+            if !pid.is_some_and(crate::cache::pid_alive) {
                 let _ = crate::fsutil::remove_tree(&e.path());
             }
         }
