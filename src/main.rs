@@ -1,1 +1,51 @@
-fn main(){}
+//! The `twinbox` command: parses the command line, opens the image store and
+//! hands each command to its module. Exit codes follow Docker: 0 ok, 125 for
+//! twinbox's own errors (including a bad command line), otherwise the
+//! workload's own code.
+
+mod cli;
+mod commands;
+mod size;
+mod workload;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use twinbox_images::Store;
+
+use cli::{Cli, Command};
+
+/// twinbox's own failures.
+const EXIT_TWINBOX: u8 = 125;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_TWINBOX } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("twinbox: {e:#}");
+            ExitCode::from(EXIT_TWINBOX)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let open_store = || Store::open(&Store::default_home());
+    match cli.command {
+        Command::Image(cmd) => commands::image::run(&open_store()?, cmd).map(|()| 0),
+        Command::Run(args) => commands::run::run(&open_store()?, &args),
+        Command::Doctor => Ok(if commands::doctor::run(&open_store()?) {
+            0
+        } else {
+            1
+        }),
+        Command::Kernel(cmd) => commands::kernel::run(cmd).map(|()| 0),
+    }
+}

@@ -27,7 +27,7 @@ pub enum Error {
     #[error("{0:?} holds no bin/busybox")]
     NoBusybox(PathBuf),
     /// Writing the rootfs failed.
-    #[error("{path:?}: {source}")]
+    #[error("{path:?}")]
     Io {
         /// The path involved.
         path: PathBuf,
@@ -60,7 +60,11 @@ pub fn build(store: &Store, deb: Option<&Path>) -> Result<Image> {
     let deb = match deb {
         Some(d) => d.to_path_buf(),
         None => {
-            command::run(Command::new("apt-get").args(["download", PACKAGE]).current_dir(scratch.path()))?;
+            command::run(
+                Command::new("apt-get")
+                    .args(["download", PACKAGE])
+                    .current_dir(scratch.path()),
+            )?;
             fs::read_dir(scratch.path())
                 .map_err(io_err(scratch.path()))?
                 .flatten()
@@ -118,7 +122,10 @@ pub fn build(store: &Store, deb: Option<&Path>) -> Result<Image> {
         }
     }
     for (file, text) in [
-        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        ),
         ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
         ("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n"),
         ("etc/hostname", "twinbox\n"),

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The program could not be started (usually: not installed).
-    #[error("cannot run {program}: {source} (is it installed?)")]
+    #[error("cannot run {program} (is it installed?)")]
     Spawn {
         /// The program.
         program: String,
@@ -61,7 +61,9 @@ pub fn run(cmd: &mut Command) -> Result<Output, Error> {
 
 /// Runs `cmd` and returns its standard output as text, trimmed.
 pub fn stdout(cmd: &mut Command) -> Result<String, Error> {
-    Ok(String::from_utf8_lossy(&run(cmd)?.stdout).trim().to_string())
+    Ok(String::from_utf8_lossy(&run(cmd)?.stdout)
+        .trim()
+        .to_string())
 }
 
 /// The error for a command that streamed its output and failed.

@@ -133,8 +133,8 @@ impl Root {
     /// Opens the regular file `rel` for reading, following symlinks inside
     /// the root only.
     pub fn open_file(&self, rel: &Path) -> Result<std::fs::File> {
-        let fd = openat2(self.fd.as_fd(), rel, Self::how(OFlag::O_RDONLY))
-            .map_err(sys("open", rel))?;
+        let fd =
+            openat2(self.fd.as_fd(), rel, Self::how(OFlag::O_RDONLY)).map_err(sys("open", rel))?;
         Ok(std::fs::File::from(fd))
     }
 
@@ -256,11 +256,20 @@ mod tests {
 
     #[test]
     fn normalize_strips_root_and_dots_and_refuses_dotdot() {
-        assert_eq!(normalize(Path::new("/etc/passwd")).ok(), Some("etc/passwd".into()));
+        assert_eq!(
+            normalize(Path::new("/etc/passwd")).ok(),
+            Some("etc/passwd".into())
+        );
         assert_eq!(normalize(Path::new("./a/./b/")).ok(), Some("a/b".into()));
         assert_eq!(normalize(Path::new("./")).ok(), Some(PathBuf::new()));
-        assert!(matches!(normalize(Path::new("a/../../b")), Err(Error::Escapes(_))));
-        assert!(matches!(normalize(Path::new("../x")), Err(Error::Escapes(_))));
+        assert!(matches!(
+            normalize(Path::new("a/../../b")),
+            Err(Error::Escapes(_))
+        ));
+        assert!(matches!(
+            normalize(Path::new("../x")),
+            Err(Error::Escapes(_))
+        ));
     }
 
     #[test]
@@ -287,7 +296,10 @@ mod tests {
         assert!(root_path.join("x").is_file());
         // `abs` points at a host directory's path, which does not exist inside
         // the root: refused, and nothing was written on the host.
-        assert!(matches!(root.parent(Path::new("abs/x")), Err(Error::Dangling(_))));
+        assert!(matches!(
+            root.parent(Path::new("abs/x")),
+            Err(Error::Dangling(_))
+        ));
         assert_eq!(std::fs::read_dir(outside.path())?.count(), 0);
         Ok(())
     }

@@ -19,7 +19,7 @@ use crate::command;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading the rootfs or the cache failed.
-    #[error("{path:?}: {source}")]
+    #[error("{path:?}")]
     Io {
         /// The path involved.
         path: PathBuf,
@@ -36,7 +36,14 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 const BLOCK: u64 = 4096;
 const TIME_FIELDS: [&str; 8] = [
-    "atime", "ctime", "mtime", "crtime", "atime_extra", "ctime_extra", "mtime_extra", "crtime_extra",
+    "atime",
+    "ctime",
+    "mtime",
+    "crtime",
+    "atime_extra",
+    "ctime_extra",
+    "mtime_extra",
+    "crtime_extra",
 ];
 
 /// Size, inode count and entry count for a rootfs: data blocks plus room
@@ -45,7 +52,13 @@ fn geometry(root: &Path) -> std::io::Result<(u64, u64, u64)> {
     let entries = crate::walk::walk(root)?;
     let blocks: u64 = entries
         .iter()
-        .map(|e| if e.meta.is_file() { e.meta.len().div_ceil(BLOCK) } else { 1 })
+        .map(|e| {
+            if e.meta.is_file() {
+                e.meta.len().div_ceil(BLOCK)
+            } else {
+                1
+            }
+        })
         .sum();
     let inodes = entries.len() as u64 + 64;
     // Data, inode tables (256 bytes each), 25% slack, 16 MiB for metadata
@@ -56,7 +69,14 @@ fn geometry(root: &Path) -> std::io::Result<(u64, u64, u64)> {
 
 /// Formats `hash` (hex) as a UUID.
 fn uuid(hash: &str) -> String {
-    format!("{}-{}-{}-{}-{}", &hash[0..8], &hash[8..12], &hash[12..16], &hash[16..20], &hash[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hash[0..8],
+        &hash[8..12],
+        &hash[12..16],
+        &hash[16..20],
+        &hash[20..32]
+    )
 }
 
 /// Builds the image of `root` into the cache (once per content) and returns it.
@@ -75,7 +95,8 @@ pub fn build(root: &Path) -> Result<PathBuf> {
     }
     crate::cache::collect_stale(&dir);
     let tmp = dir.join(crate::cache::tmp_name(&name));
-    let r = make(root, &hash, &tmp).and_then(|()| crate::fsutil::publish(&tmp, &dest).map_err(io_err(&dest)));
+    let r = make(root, &hash, &tmp)
+        .and_then(|()| crate::fsutil::publish(&tmp, &dest).map_err(io_err(&dest)));
     if r.is_err() {
         let _ = fs::remove_file(&tmp);
     }
@@ -83,15 +104,31 @@ pub fn build(root: &Path) -> Result<PathBuf> {
 }
 
 fn make(root: &Path, hash: &str, out: &Path) -> Result<()> {
-    let (bytes, inodes, entries) = geometry(root).map_err(|source| Error::Io { path: root.to_path_buf(), source })?;
+    let (bytes, inodes, entries) = geometry(root).map_err(|source| Error::Io {
+        path: root.to_path_buf(),
+        source,
+    })?;
     let id = uuid(hash);
     command::run(
         Command::new("mkfs.ext4")
             .env("E2FSPROGS_FAKE_TIME", "1")
-            .args(["-q", "-F", "-t", "ext4", "-b", "4096", "-O", "^has_journal", "-L", "twinbox"])
+            .args([
+                "-q",
+                "-F",
+                "-t",
+                "ext4",
+                "-b",
+                "4096",
+                "-O",
+                "^has_journal",
+                "-L",
+                "twinbox",
+            ])
             .args(["-N", &inodes.to_string(), "-U", &id])
             .arg("-E")
-            .arg(format!("hash_seed={id},root_owner=0:0,lazy_itable_init=0,nodiscard"))
+            .arg(format!(
+                "hash_seed={id},root_owner=0:0,lazy_itable_init=0,nodiscard"
+            ))
             .arg("-d")
             .arg(root)
             .arg(out)
@@ -107,7 +144,10 @@ fn make(root: &Path, hash: &str, out: &Path) -> Result<()> {
         }
     }
     let script_path = out.with_extension("debugfs");
-    fs::write(&script_path, script).map_err(|source| Error::Io { path: script_path.clone(), source })?;
+    fs::write(&script_path, script).map_err(|source| Error::Io {
+        path: script_path.clone(),
+        source,
+    })?;
     let r = command::run(
         Command::new("debugfs")
             .env("E2FSPROGS_FAKE_TIME", "1")
@@ -146,7 +186,11 @@ mod tests {
         make(&root, &"ab".repeat(32), &b)?;
         assert!(fs::read(&a)? == fs::read(&b)?, "ext4 images differ");
         // The content is really there.
-        let out = Command::new("debugfs").arg("-R").arg("cat /bin/app").arg(&a).output()?;
+        let out = Command::new("debugfs")
+            .arg("-R")
+            .arg("cat /bin/app")
+            .arg(&a)
+            .output()?;
         assert_eq!(out.stdout, b"hello ext4");
         Ok(())
     }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Reading the rootfs or writing the archive failed.
-    #[error("packing {path:?}: {source}")]
+    #[error("packing {path:?}")]
     Io {
         /// The path involved.
         path: PathBuf,
@@ -61,7 +61,11 @@ const S_IFLNK: u32 = 0o120000;
 impl<W: Write> Newc<W> {
     /// A writer onto `w`.
     pub fn new(w: W) -> Self {
-        Self { w, ino: 0, offset: 0 }
+        Self {
+            w,
+            ino: 0,
+            offset: 0,
+        }
     }
 
     fn put(&mut self, data: &[u8]) -> io::Result<()> {
@@ -76,9 +80,19 @@ impl<W: Write> Newc<W> {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn header(&mut self, name: &[u8], mode: u32, uid: u32, gid: u32, nlink: u32, size: u32, rdev: (u32, u32)) -> io::Result<()> {
+    fn header(
+        &mut self,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        nlink: u32,
+        size: u32,
+        rdev: (u32, u32),
+    ) -> io::Result<()> {
         self.ino += 1;
-        let h = format!(
+        let h =
+            format!(
             "070701{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}{:08x}",
             self.ino, mode, uid, gid, nlink, 0, size, 0, 0, rdev.0, rdev.1, name.len() + 1, 0
         );
@@ -94,11 +108,22 @@ impl<W: Write> Newc<W> {
     }
 
     /// Adds a regular file of `size` bytes read from `data`.
-    pub fn file(&mut self, name: &[u8], perm: u32, uid: u32, gid: u32, size: u32, data: &mut dyn Read) -> io::Result<()> {
+    pub fn file(
+        &mut self,
+        name: &[u8],
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        size: u32,
+        data: &mut dyn Read,
+    ) -> io::Result<()> {
         self.header(name, S_IFREG | (perm & 0o7777), uid, gid, 1, size, (0, 0))?;
         let n = io::copy(&mut data.take(u64::from(size)), &mut self.w)?;
         if n != u64::from(size) {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "file shrank while packing"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file shrank while packing",
+            ));
         }
         self.offset += n;
         self.pad()
@@ -106,13 +131,28 @@ impl<W: Write> Newc<W> {
 
     /// Adds a symlink.
     pub fn symlink(&mut self, name: &[u8], target: &[u8], uid: u32, gid: u32) -> io::Result<()> {
-        self.header(name, S_IFLNK | 0o777, uid, gid, 1, target.len() as u32, (0, 0))?;
+        self.header(
+            name,
+            S_IFLNK | 0o777,
+            uid,
+            gid,
+            1,
+            target.len() as u32,
+            (0, 0),
+        )?;
         self.put(target)?;
         self.pad()
     }
 
     /// Adds a FIFO, socket or device node with the given full mode.
-    pub fn node(&mut self, name: &[u8], mode: u32, uid: u32, gid: u32, rdev: (u32, u32)) -> io::Result<()> {
+    pub fn node(
+        &mut self,
+        name: &[u8],
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: (u32, u32),
+    ) -> io::Result<()> {
         self.header(name, mode, uid, gid, 1, 0, rdev)
     }
 
@@ -143,7 +183,13 @@ pub fn pack_dir<W: Write>(root: &Path, cpio: &mut Newc<W>) -> Result<()> {
             cpio.file(name, m.mode(), m.uid(), m.gid(), size, &mut f)
         } else {
             let rdev = m.rdev();
-            cpio.node(name, m.mode(), m.uid(), m.gid(), (libc::major(rdev), libc::minor(rdev)))
+            cpio.node(
+                name,
+                m.mode(),
+                m.uid(),
+                m.gid(),
+                (libc::major(rdev), libc::minor(rdev)),
+            )
         };
         r.map_err(io_err(&e.rel))?;
     }
@@ -152,7 +198,10 @@ pub fn pack_dir<W: Write>(root: &Path, cpio: &mut Newc<W>) -> Result<()> {
 
 /// Packs `root` into `out`.
 pub fn write(root: &Path, compression: Compression, out: impl Write) -> Result<()> {
-    let io_err = |source| Error::Io { path: root.to_path_buf(), source };
+    let io_err = |source| Error::Io {
+        path: root.to_path_buf(),
+        source,
+    };
     match compression {
         Compression::None => {
             let mut cpio = Newc::new(out);
@@ -165,7 +214,12 @@ pub fn write(root: &Path, compression: Compression, out: impl Write) -> Result<(
                 .write(out, flate2::Compression::fast());
             let mut cpio = Newc::new(gz);
             pack_dir(root, &mut cpio)?;
-            cpio.finish().map_err(io_err)?.finish().map_err(io_err)?.flush().map_err(io_err)
+            cpio.finish()
+                .map_err(io_err)?
+                .finish()
+                .map_err(io_err)?
+                .flush()
+                .map_err(io_err)
         }
     }
 }
@@ -224,7 +278,9 @@ mod tests {
         let mut a = Vec::new();
         write(src.path(), Compression::None, &mut a)?;
         // Touching times does not change the bytes.
-        let f = fs::File::options().append(true).open(src.path().join("odd"))?;
+        let f = fs::File::options()
+            .append(true)
+            .open(src.path().join("odd"))?;
         f.set_modified(std::time::SystemTime::UNIX_EPOCH)?;
         let mut b = Vec::new();
         write(src.path(), Compression::None, &mut b)?;
@@ -243,7 +299,10 @@ mod tests {
             .status()?;
         assert!(st.success());
         assert_eq!(fs::read(x.join("bin/app"))?, b"#!/bin/sh\necho hi\n");
-        assert_eq!(fs::metadata(x.join("bin/app"))?.permissions().mode() & 0o7777, 0o4755);
+        assert_eq!(
+            fs::metadata(x.join("bin/app"))?.permissions().mode() & 0o7777,
+            0o4755
+        );
         assert_eq!(fs::read_link(x.join("bin/sh"))?, Path::new("app"));
         assert_eq!(fs::read(x.join("odd"))?, b"123");
         Ok(())

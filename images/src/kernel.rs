@@ -36,10 +36,12 @@ pub enum Error {
     #[error(transparent)]
     Command(#[from] command::Error),
     /// Options of the fragment did not survive `olddefconfig`.
-    #[error("kernel config options were dropped by Kconfig (fix images/kernel/twinbox.config):\n{0}")]
+    #[error(
+        "kernel config options were dropped by Kconfig (fix images/kernel/twinbox.config):\n{0}"
+    )]
     Dropped(String),
     /// A cache file could not be read or written.
-    #[error("{path:?}: {source}")]
+    #[error("{path:?}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -138,9 +140,11 @@ pub struct Source {
 impl Source {
     /// Finds the installed `linux-source-6.1` package.
     pub fn find() -> Result<Self> {
-        let version = command::stdout(
-            Command::new("dpkg-query").args(["-W", "-f=${Version}", SOURCE_PACKAGE]),
-        )
+        let version = command::stdout(Command::new("dpkg-query").args([
+            "-W",
+            "-f=${Version}",
+            SOURCE_PACKAGE,
+        ]))
         .map_err(|e| Error::NoSource(e.to_string()))?;
         let tarball = PathBuf::from(format!("/usr/src/{SOURCE_PACKAGE}.tar.xz"));
         if version.is_empty() || !tarball.exists() {
@@ -152,7 +156,10 @@ impl Source {
     /// The cache key of our recipe on this source.
     pub fn key(&self) -> String {
         let mut h = Sha256::new();
-        h.update(format!("recipe {RECIPE_VERSION}\n{SOURCE_PACKAGE} {}\n", self.version));
+        h.update(format!(
+            "recipe {RECIPE_VERSION}\n{SOURCE_PACKAGE} {}\n",
+            self.version
+        ));
         h.update(FRAGMENT);
         for (name, text) in PATCHES {
             h.update(name);
@@ -178,7 +185,11 @@ pub fn cached_debian() -> Option<Kernel> {
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("debian-")))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("debian-"))
+        })
         .collect();
     found.sort();
     found.into_iter().rev().find_map(Kernel::load)
@@ -186,7 +197,10 @@ pub fn cached_debian() -> Option<Kernel> {
 
 /// The kernel a VM should boot: ours if built, else the Debian fallback.
 pub fn find() -> Option<Kernel> {
-    Source::find().ok().and_then(|s| cached(&s)).or_else(cached_debian)
+    Source::find()
+        .ok()
+        .and_then(|s| cached(&s))
+        .or_else(cached_debian)
 }
 
 fn now() -> String {
@@ -259,23 +273,29 @@ fn extract_source(source: &Source, cache: &Path, pb: &ProgressBar) -> Result<Pat
     pb.set_message(format!("extracting {}", source.tarball.display()));
     let tmp = cache.join(crate::cache::tmp_name(&format!("src-{}", source.version)));
     fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
-    let r = command::run(Command::new("tar").arg("-xf").arg(&source.tarball).arg("-C").arg(&tmp))
-        .map_err(Error::from)
-        .and_then(|_| {
-            for (name, text) in PATCHES {
-                pb.set_message(format!("applying {name}"));
-                let p = tmp.join(name);
-                fs::write(&p, text).map_err(io_err(&p))?;
-                command::run(
-                    Command::new("patch")
-                        .args(["-p1", "-i"])
-                        .arg(&p)
-                        .current_dir(tmp.join(SOURCE_PACKAGE)),
-                )?;
-            }
-            let _ = fs::remove_dir_all(&dir);
-            fs::rename(&tmp, &dir).map_err(io_err(&dir))
-        });
+    let r = command::run(
+        Command::new("tar")
+            .arg("-xf")
+            .arg(&source.tarball)
+            .arg("-C")
+            .arg(&tmp),
+    )
+    .map_err(Error::from)
+    .and_then(|_| {
+        for (name, text) in PATCHES {
+            pb.set_message(format!("applying {name}"));
+            let p = tmp.join(name);
+            fs::write(&p, text).map_err(io_err(&p))?;
+            command::run(
+                Command::new("patch")
+                    .args(["-p1", "-i"])
+                    .arg(&p)
+                    .current_dir(tmp.join(SOURCE_PACKAGE)),
+            )?;
+        }
+        let _ = fs::remove_dir_all(&dir);
+        fs::rename(&tmp, &dir).map_err(io_err(&dir))
+    });
     if r.is_err() {
         let _ = crate::fsutil::remove_tree(&tmp);
     }
@@ -364,7 +384,9 @@ pub fn dropped_options(fragment: &str, config: &str) -> Vec<String> {
     fragment
         .lines()
         .map(str::trim)
-        .filter(|l| l.starts_with("CONFIG_") || (l.starts_with("# CONFIG_") && l.ends_with(" is not set")))
+        .filter(|l| {
+            l.starts_with("CONFIG_") || (l.starts_with("# CONFIG_") && l.ends_with(" is not set"))
+        })
         .filter(|l| !have.contains(l))
         .map(String::from)
         .collect()
@@ -378,7 +400,11 @@ pub fn fetch_debian(pb: &ProgressBar) -> Result<Kernel> {
     crate::cache::collect_stale(&cache);
     let start = Instant::now();
     pb.set_message("resolving linux-image-amd64");
-    let deps = command::stdout(Command::new("apt-cache").args(["depends", "--no-recommends", "linux-image-amd64"]))?;
+    let deps = command::stdout(Command::new("apt-cache").args([
+        "depends",
+        "--no-recommends",
+        "linux-image-amd64",
+    ]))?;
     let package = deps
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
@@ -389,14 +415,23 @@ pub fn fetch_debian(pb: &ProgressBar) -> Result<Kernel> {
     fs::create_dir_all(&work).map_err(io_err(&work))?;
     let result = (|| {
         pb.set_message(format!("apt-get download {package}"));
-        command::run(Command::new("apt-get").args(["download", &package]).current_dir(&work))?;
+        command::run(
+            Command::new("apt-get")
+                .args(["download", &package])
+                .current_dir(&work),
+        )?;
         let deb = fs::read_dir(&work)
             .map_err(io_err(&work))?
             .flatten()
             .map(|e| e.path())
             .find(|p| p.extension().is_some_and(|e| e == "deb"))
             .ok_or_else(|| Error::NoImage(work.clone()))?;
-        let version = command::stdout(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg("Version"))?;
+        let version = command::stdout(
+            Command::new("dpkg-deb")
+                .args(["-f"])
+                .arg(&deb)
+                .arg("Version"),
+        )?;
         pb.set_message("dpkg-deb -x");
         let x = work.join("x");
         command::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&x))?;
@@ -404,7 +439,11 @@ pub fn fetch_debian(pb: &ProgressBar) -> Result<Kernel> {
             .map_err(io_err(&x))?
             .flatten()
             .map(|e| e.path())
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("vmlinuz-")))
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("vmlinuz-"))
+            })
             .ok_or_else(|| Error::NoImage(x.join("boot")))?;
         let key = format!("debian-{}", package.trim_start_matches("linux-image-"));
         let dest_tmp = work.join("out");
@@ -437,8 +476,13 @@ mod tests {
     fn dropped_options_are_found() {
         let frag = "# comment\nCONFIG_A=y\nCONFIG_B=\"x\"\n# CONFIG_C is not set\n";
         let config = "CONFIG_A=y\n# CONFIG_C is not set\nCONFIG_B=\"y\"\n";
-        assert_eq!(dropped_options(frag, config), vec!["CONFIG_B=\"x\"".to_string()]);
-        assert!(dropped_options(frag, "CONFIG_A=y\nCONFIG_B=\"x\"\n# CONFIG_C is not set").is_empty());
+        assert_eq!(
+            dropped_options(frag, config),
+            vec!["CONFIG_B=\"x\"".to_string()]
+        );
+        assert!(
+            dropped_options(frag, "CONFIG_A=y\nCONFIG_B=\"x\"\n# CONFIG_C is not set").is_empty()
+        );
     }
 
     #[test]
@@ -452,7 +496,10 @@ mod tests {
             "CONFIG_EXT4_FS=y",
             "CONFIG_DEVTMPFS=y",
         ] {
-            assert!(FRAGMENT.lines().any(|l| l.trim() == needed), "{needed} missing");
+            assert!(
+                FRAGMENT.lines().any(|l| l.trim() == needed),
+                "{needed} missing"
+            );
         }
     }
 }

@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, AtFlags, OFlag};
-use nix::sys::stat::{fchmod, fchmodat, futimens, FchmodatFlags, mkdirat, mknodat, utimensat, Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{
+    fchmod, fchmodat, futimens, mkdirat, mknodat, utimensat, FchmodatFlags, Mode, SFlag,
+    UtimensatFlags,
+};
 use nix::sys::time::TimeSpec;
 use nix::unistd::{fchown, fchownat, linkat, symlinkat, Gid, Uid};
 use tar::EntryType;
@@ -32,10 +35,10 @@ use crate::confined::{self, kind_at, remove_at, Root};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The archive cannot be read: truncated, garbage, or a bad header.
-    #[error("reading the layer archive: {0}")]
+    #[error("malformed or truncated tar archive")]
     Archive(#[source] io::Error),
     /// A path in the archive is refused (escapes the root, dangling parent).
-    #[error("{0}")]
+    #[error(transparent)]
     Path(#[from] confined::Error),
     /// A file system operation inside the rootfs failed.
     #[error("{op} {path:?}: {errno}")]
@@ -48,7 +51,7 @@ pub enum Error {
         errno: Errno,
     },
     /// Writing file data failed.
-    #[error("writing {path:?}: {source}")]
+    #[error("writing {path:?}")]
     Write {
         /// The path inside the rootfs.
         path: PathBuf,
@@ -203,40 +206,66 @@ pub fn apply(root: &Root, reader: impl Read, opts: &Options, report: &mut Report
                 // The target is stored as text and never followed here.
                 symlinkat(target.as_path(), &dir, name).map_err(sys("symlink", &rel))?;
                 if opts.chown {
-                    fchownat(&dir, name, uid(meta.uid), gid(meta.gid), AtFlags::AT_SYMLINK_NOFOLLOW)
-                        .map_err(sys("chown", &rel))?;
+                    fchownat(
+                        &dir,
+                        name,
+                        uid(meta.uid),
+                        gid(meta.gid),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(sys("chown", &rel))?;
                 }
                 let t = TimeSpec::new(meta.mtime as i64, 0);
                 utimensat(&dir, name, &t, &t, UtimensatFlags::NoFollowSymlink)
                     .map_err(sys("utimes", &rel))?;
             }
             EntryType::Link => {
-                let target = entry
-                    .link_name()
-                    .map_err(Error::Archive)?
-                    .ok_or_else(|| Error::Archive(io::Error::other("hard link without a target")))?;
+                let target = entry.link_name().map_err(Error::Archive)?.ok_or_else(|| {
+                    Error::Archive(io::Error::other("hard link without a target"))
+                })?;
                 let target = confined::normalize(&target)?;
                 hard_link(root, &rel, &dir, name, &target)?;
             }
             EntryType::Fifo => {
                 remove_at(&dir, name).map_err(sys("remove", &rel))?;
-                mknodat(&dir, name, SFlag::S_IFIFO, Mode::from_bits_truncate(0o600), 0)
-                    .map_err(sys("mkfifo", &rel))?;
+                mknodat(
+                    &dir,
+                    name,
+                    SFlag::S_IFIFO,
+                    Mode::from_bits_truncate(0o600),
+                    0,
+                )
+                .map_err(sys("mkfifo", &rel))?;
                 if opts.chown {
-                    fchownat(&dir, name, uid(meta.uid), gid(meta.gid), AtFlags::AT_SYMLINK_NOFOLLOW)
-                        .map_err(sys("chown", &rel))?;
+                    fchownat(
+                        &dir,
+                        name,
+                        uid(meta.uid),
+                        gid(meta.gid),
+                        AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .map_err(sys("chown", &rel))?;
                 }
                 // The FIFO was just made under this name in a directory only
                 // we write to, so following the name reaches it.
-                fchmodat(&dir, name, Mode::from_bits_truncate(meta.mode), FchmodatFlags::FollowSymlink)
-                    .map_err(sys("chmod", &rel))?;
+                fchmodat(
+                    &dir,
+                    name,
+                    Mode::from_bits_truncate(meta.mode),
+                    FchmodatFlags::FollowSymlink,
+                )
+                .map_err(sys("chmod", &rel))?;
             }
             _ => {
                 remove_at(&dir, name).map_err(sys("remove", &rel))?;
                 let fd = openat(
                     &dir,
                     name,
-                    OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                    OFlag::O_CREAT
+                        | OFlag::O_EXCL
+                        | OFlag::O_WRONLY
+                        | OFlag::O_NOFOLLOW
+                        | OFlag::O_CLOEXEC,
                     Mode::from_bits_truncate(0o600),
                 )
                 .map_err(sys("create", &rel))?;
@@ -267,8 +296,13 @@ pub fn apply(root: &Root, reader: impl Read, opts: &Options, report: &mut Report
             // Replaced later in the layer by something else: nothing to do.
             Err(_) => continue,
         };
-        let fd = openat(&dir, ".", OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())
-            .map_err(sys("open", &d.rel))?;
+        let fd = openat(
+            &dir,
+            ".",
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(sys("open", &d.rel))?;
         let file = std::fs::File::from(fd);
         let meta = Meta {
             mode: d.mode,
@@ -391,15 +425,30 @@ mod tests {
         apply_all(tmp.path(), &[l1, l2])?;
         let p = tmp.path();
         assert_eq!(fs::read(p.join("bin/app"))?, b"v2");
-        assert_eq!(fs::read(p.join("bin/app2"))?, b"v1", "hard link kept the first file");
+        assert_eq!(
+            fs::read(p.join("bin/app2"))?,
+            b"v1",
+            "hard link kept the first file"
+        );
         assert_eq!(fs::read_link(p.join("bin/sh"))?, Path::new("/bin/app"));
-        assert_eq!(fs::metadata(p.join("bin/app"))?.permissions().mode() & 0o7777, 0o755);
-        assert_eq!(fs::metadata(p.join("bin/app2"))?.permissions().mode() & 0o7777, 0o4755);
+        assert_eq!(
+            fs::metadata(p.join("bin/app"))?.permissions().mode() & 0o7777,
+            0o755
+        );
+        assert_eq!(
+            fs::metadata(p.join("bin/app2"))?.permissions().mode() & 0o7777,
+            0o4755
+        );
         assert_eq!(fs::metadata(p.join("bin/app2"))?.nlink(), 1);
-        assert_eq!(fs::metadata(p.join("ro"))?.permissions().mode() & 0o7777, 0o555);
+        assert_eq!(
+            fs::metadata(p.join("ro"))?.permissions().mode() & 0o7777,
+            0o555
+        );
         assert_eq!(fs::read(p.join("ro/inside"))?, b"x");
         assert_eq!(fs::metadata(p.join("bin/app"))?.mtime(), 1_700_000_000);
-        assert!(fs::symlink_metadata(p.join("pipe"))?.file_type().is_fifo_like());
+        assert!(fs::symlink_metadata(p.join("pipe"))?
+            .file_type()
+            .is_fifo_like());
         Ok(())
     }
 
@@ -432,7 +481,10 @@ mod tests {
         let p = tmp.path();
         assert!(!p.join("a").exists());
         assert!(!p.join("e").exists());
-        let mut names: Vec<_> = fs::read_dir(p.join("d"))?.flatten().map(|e| e.file_name()).collect();
+        let mut names: Vec<_> = fs::read_dir(p.join("d"))?
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
         names.sort();
         assert_eq!(names, vec!["new"]);
         assert!(!p.join(".wh.a").exists());
@@ -447,7 +499,10 @@ mod tests {
         fs::create_dir(&root)?;
         // `..` is refused.
         let l = Tar::new().file("../escape", 0o644, b"x").finish();
-        assert!(matches!(apply_all(&root, &[l]), Err(Error::Path(confined::Error::Escapes(_)))));
+        assert!(matches!(
+            apply_all(&root, &[l]),
+            Err(Error::Path(confined::Error::Escapes(_)))
+        ));
         assert!(!tmp.path().join("escape").exists());
         // Absolute paths and symlinks to / are confined.
         let l = Tar::new()
@@ -462,21 +517,32 @@ mod tests {
         // A symlink to a host directory, then a write through it: refused
         // (the target does not exist inside the root), host untouched.
         let target = outside.path().to_string_lossy().into_owned();
-        let l = Tar::new().symlink("host", &target).file("host/pwn", 0o644, b"x").finish();
+        let l = Tar::new()
+            .symlink("host", &target)
+            .file("host/pwn", 0o644, b"x")
+            .finish();
         assert!(apply_all(&root, &[l]).is_err());
         assert_eq!(fs::read_dir(outside.path())?.count(), 0);
         // A file entry over a symlink replaces the symlink, not its target.
         fs::write(outside.path().join("victim"), b"safe")?;
         let victim = outside.path().join("victim").to_string_lossy().into_owned();
-        let l = Tar::new().symlink("v", &victim).file("v", 0o644, b"pwned").finish();
+        let l = Tar::new()
+            .symlink("v", &victim)
+            .file("v", 0o644, b"pwned")
+            .finish();
         apply_all(&root, &[l])?;
         assert_eq!(fs::read(outside.path().join("victim"))?, b"safe");
         assert_eq!(fs::read(root.join("v"))?, b"pwned");
         // A hard link to a host file: resolved inside the root, where it is missing.
         let l = Tar::new().hardlink("shadow", "/etc/passwd").finish();
-        assert!(matches!(apply_all(&root, &[l]), Err(Error::HardLinkTarget { .. })));
+        assert!(matches!(
+            apply_all(&root, &[l]),
+            Err(Error::HardLinkTarget { .. })
+        ));
         // Device nodes are skipped with a warning.
-        let l = Tar::new().entry(EntryType::Char, "dev/mem", 0o600, "", b"").finish();
+        let l = Tar::new()
+            .entry(EntryType::Char, "dev/mem", 0o600, "", b"")
+            .finish();
         let report = apply_all(&root, &[l])?;
         assert!(!root.join("dev/mem").exists());
         assert_eq!(report.warnings.len(), 1);
@@ -503,9 +569,17 @@ mod tests {
         let l = Tar::new().file("f", 0o644, &vec![7u8; 5000]).finish();
         let r = Root::open(tmp.path())?;
         let err = apply(&r, &l[..1000], &Options::default(), &mut Report::default());
-        assert!(matches!(err, Err(Error::Archive(_)) | Err(Error::Write { .. })), "{err:?}");
+        assert!(
+            matches!(err, Err(Error::Archive(_)) | Err(Error::Write { .. })),
+            "{err:?}"
+        );
         let garbage = vec![0x5au8; 2048];
-        let err = apply(&r, &garbage[..], &Options::default(), &mut Report::default());
+        let err = apply(
+            &r,
+            &garbage[..],
+            &Options::default(),
+            &mut Report::default(),
+        );
         assert!(matches!(err, Err(Error::Archive(_))), "{err:?}");
         Ok(())
     }

@@ -28,7 +28,7 @@ use crate::store::{self, Image, Store};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The source file or directory cannot be read.
-    #[error("{path:?}: {source}")]
+    #[error("{path:?}")]
     Io {
         /// The path.
         path: PathBuf,
@@ -39,7 +39,7 @@ pub enum Error {
     #[error("not an image: {0}")]
     Layout(String),
     /// A JSON document of the image is malformed.
-    #[error("{what} is not valid: {source}")]
+    #[error("{what} is not valid")]
     Json {
         /// Which document.
         what: String,
@@ -53,10 +53,10 @@ pub enum Error {
     #[error(transparent)]
     Digest(#[from] digest::Error),
     /// Unpacking the outer archive failed.
-    #[error("unpacking the archive: {0}")]
+    #[error("unpacking the archive")]
     Archive(#[source] layer::Error),
     /// Applying a layer failed.
-    #[error("layer {index} ({digest}): {source}")]
+    #[error("layer {index} ({digest})")]
     Layer {
         /// Layer number, from 1.
         index: usize,
@@ -153,7 +153,12 @@ pub fn import(
     let total: u64 = plan.layers.iter().map(|l| l.size).sum();
     progress.set_position(0);
     progress.set_length(total);
-    for (i, (l, diff_id)) in plan.layers.iter().zip(&plan.config.rootfs.diff_ids).enumerate() {
+    for (i, (l, diff_id)) in plan
+        .layers
+        .iter()
+        .zip(&plan.config.rootfs.diff_ids)
+        .enumerate()
+    {
         let index = i + 1;
         progress.set_message(format!("layer {index}/{}", plan.layers.len()));
         let layer_err = |source| Error::Layer {
@@ -184,7 +189,8 @@ pub fn import(
     if source_dir.exists() {
         crate::fsutil::remove_tree(&source_dir).map_err(|e| io_err_at(&source_dir, e))?;
     }
-    let size = crate::fsutil::tree_size(&staging.rootfs()).map_err(|e| io_err_at(&staging.rootfs(), e))?;
+    let size =
+        crate::fsutil::tree_size(&staging.rootfs()).map_err(|e| io_err_at(&staging.rootfs(), e))?;
     let meta = ImageMeta {
         name: name.to_string(),
         id: plan.id.to_string(),
@@ -260,6 +266,16 @@ impl Compression {
 /// Opens `r`, decompressing it if its first bytes say gzip or zstd.
 fn decompress<'a, R: BufRead + 'a>(mut r: R) -> io::Result<Box<dyn Read + 'a>> {
     let head = r.fill_buf()?;
+    for (magic, name, tool) in [
+        (&b"\xfd7zXZ\0"[..], "xz", "xz -d"),
+        (&b"BZh"[..], "bzip2", "bzip2 -d"),
+    ] {
+        if head.starts_with(magic) {
+            return Err(io::Error::other(format!(
+                "{name} compression is not supported (gzip and zstd are): decompress it first ({tool})"
+            )));
+        }
+    }
     let c = if head.starts_with(&[0x1f, 0x8b]) {
         Compression::Gzip
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -366,7 +382,10 @@ fn read_limited(layout: &Root, rel: &Path) -> Result<Vec<u8>> {
         .read_to_end(&mut data)
         .map_err(|e| io_err_at(rel, e))?;
     if data.len() as u64 > MAX_JSON {
-        return Err(Error::Layout(format!("{} is larger than {MAX_JSON} bytes", rel.display())));
+        return Err(Error::Layout(format!(
+            "{} is larger than {MAX_JSON} bytes",
+            rel.display()
+        )));
     }
     Ok(data)
 }
@@ -435,7 +454,12 @@ fn platform_ok(d: &Descriptor) -> bool {
 
 /// Picks the one manifest to import from an index, descending into nested
 /// indexes (multi-platform images) up to a small depth.
-fn pick_manifest(layout: &Root, manifests: Vec<Descriptor>, want: Option<&Reference>, depth: u32) -> Result<(Descriptor, Option<String>)> {
+fn pick_manifest(
+    layout: &Root,
+    manifests: Vec<Descriptor>,
+    want: Option<&Reference>,
+    depth: u32,
+) -> Result<(Descriptor, Option<String>)> {
     if depth > 4 {
         return Err(Error::Layout("image indexes nested too deep".into()));
     }
@@ -451,7 +475,9 @@ fn pick_manifest(layout: &Root, manifests: Vec<Descriptor>, want: Option<&Refere
         let named: Vec<usize> = candidates
             .iter()
             .enumerate()
-            .filter(|(_, d)| ref_name(d).and_then(|n| Reference::parse(&n).ok()).as_ref() == Some(w))
+            .filter(|(_, d)| {
+                ref_name(d).and_then(|n| Reference::parse(&n).ok()).as_ref() == Some(w)
+            })
             .map(|(i, _)| i)
             .collect();
         if named.len() == 1 {
@@ -489,10 +515,16 @@ fn oci_plan(layout: &Root, want: Option<&Reference>) -> Result<Plan> {
         }
         let l: OciLayout = parse_json("oci-layout", &data)?;
         if !l.version.starts_with("1.") {
-            return Err(Error::Layout(format!("unsupported OCI layout version {}", l.version)));
+            return Err(Error::Layout(format!(
+                "unsupported OCI layout version {}",
+                l.version
+            )));
         }
     }
-    let index: Index = parse_json("index.json", &read_limited(layout, Path::new("index.json"))?)?;
+    let index: Index = parse_json(
+        "index.json",
+        &read_limited(layout, Path::new("index.json"))?,
+    )?;
     let (desc, name) = pick_manifest(layout, index.manifests, want, 0)?;
     let (_, data) = read_blob(layout, &desc)?;
     let manifest: Manifest = parse_json("image manifest", &data)?;
@@ -531,15 +563,21 @@ fn digest_in_path(p: &Path) -> Option<Digest> {
 }
 
 fn docker_plan(layout: &Root, want: Option<&Reference>) -> Result<Plan> {
-    let mut entries: Vec<DockerManifest> =
-        parse_json("manifest.json", &read_limited(layout, Path::new("manifest.json"))?)?;
+    let mut entries: Vec<DockerManifest> = parse_json(
+        "manifest.json",
+        &read_limited(layout, Path::new("manifest.json"))?,
+    )?;
     let tags = |m: &DockerManifest| m.repo_tags.clone().unwrap_or_default();
     let pos = match (entries.len(), want) {
         (0, _) => return Err(Error::Layout("manifest.json lists no image".into())),
         (1, _) => 0,
         (_, Some(w)) => entries
             .iter()
-            .position(|m| tags(m).iter().any(|t| Reference::parse(t).ok().as_ref() == Some(w)))
+            .position(|m| {
+                tags(m)
+                    .iter()
+                    .any(|t| Reference::parse(t).ok().as_ref() == Some(w))
+            })
             .ok_or_else(|| Error::Ambiguous(entries.iter().flat_map(tags).collect()))?,
         (_, None) => return Err(Error::Ambiguous(entries.iter().flat_map(tags).collect())),
     };

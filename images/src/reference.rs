@@ -31,8 +31,9 @@ fn valid_component(c: &str) -> bool {
         && b.len() <= 128
         && b[0].is_ascii_alphanumeric()
         && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|&x| x.is_ascii_lowercase() || x.is_ascii_digit() || matches!(x, b'.' | b'_' | b'-'))
+        && b.iter().all(|&x| {
+            x.is_ascii_lowercase() || x.is_ascii_digit() || matches!(x, b'.' | b'_' | b'-')
+        })
         && !c.contains("..")
 }
 
@@ -41,7 +42,8 @@ fn valid_tag(t: &str) -> bool {
     !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'.' | b'_' | b'-'))
+        && b.iter()
+            .all(|&x| x.is_ascii_alphanumeric() || matches!(x, b'.' | b'_' | b'-'))
 }
 
 impl Reference {
@@ -91,7 +93,9 @@ impl Reference {
 
     /// The inverse of [`Reference::dir_name`].
     pub fn from_dir_name(d: &str) -> Result<Self, Error> {
-        let (n, t) = d.rsplit_once('@').ok_or_else(|| Error::Invalid(d.to_string()))?;
+        let (n, t) = d
+            .rsplit_once('@')
+            .ok_or_else(|| Error::Invalid(d.to_string()))?;
         Self::parse(&format!("{}:{}", n.replace('+', "/"), t))
     }
 }
@@ -128,8 +132,23 @@ mod tests {
     #[test]
     fn refuses_what_could_be_a_path_or_junk() {
         for bad in [
-            "", "..", "../x", "a/../b", "a//b", "/abs", "UPPER", "a b", "a:", "a:b/c",
-            "host:5000/x", "x@sha256:00", "a+b", "a:b@c", ".hidden", "a/.", "name:tag:more",
+            "",
+            "..",
+            "../x",
+            "a/../b",
+            "a//b",
+            "/abs",
+            "UPPER",
+            "a b",
+            "a:",
+            "a:b/c",
+            "host:5000/x",
+            "x@sha256:00",
+            "a+b",
+            "a:b@c",
+            ".hidden",
+            "a/.",
+            "name:tag:more",
         ] {
             assert!(Reference::parse(bad).is_err(), "{bad:?} accepted");
         }

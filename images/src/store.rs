@@ -33,7 +33,7 @@ pub enum Error {
     #[error("no such image: {0} (see `twinbox image ls`)")]
     NotFound(Reference),
     /// A store file could not be read or written.
-    #[error("image store {path:?}: {source}")]
+    #[error("image store {path:?}")]
     Io {
         /// The path involved.
         path: PathBuf,
@@ -41,7 +41,7 @@ pub enum Error {
         source: io::Error,
     },
     /// An image record is unreadable.
-    #[error("image record {path:?} is corrupt: {source}")]
+    #[error("image record {path:?} is corrupt")]
     Corrupt {
         /// The record's path.
         path: PathBuf,
@@ -213,11 +213,17 @@ impl Store {
         if target.exists() {
             // Swap the new image in; the old one is now in the staging dir,
             // which is removed when `staging` drops.
-            renameat2(AT_FDCWD, staging.path(), AT_FDCWD, &target, RenameFlags::RENAME_EXCHANGE)
-                .map_err(|e| Error::Io {
-                    path: target.clone(),
-                    source: e.into(),
-                })?;
+            renameat2(
+                AT_FDCWD,
+                staging.path(),
+                AT_FDCWD,
+                &target,
+                RenameFlags::RENAME_EXCHANGE,
+            )
+            .map_err(|e| Error::Io {
+                path: target.clone(),
+                source: e.into(),
+            })?;
         } else {
             fs::rename(staging.path(), &target).map_err(io_err(&target))?;
         }

@@ -38,7 +38,14 @@ impl Tar {
 
     /// Adds an entry; `path` and `link` go into the header unchecked
     /// (at most 100 bytes each).
-    pub fn entry(&mut self, kind: EntryType, path: &str, mode: u32, link: &str, data: &[u8]) -> &mut Self {
+    pub fn entry(
+        &mut self,
+        kind: EntryType,
+        path: &str,
+        mode: u32,
+        link: &str,
+        data: &[u8],
+    ) -> &mut Self {
         let mut h = Header::new_old();
         h.set_entry_type(kind);
         h.set_mode(mode);
@@ -140,8 +147,24 @@ pub fn config_json(diff_ids: &[String]) -> serde_json::Value {
 }
 
 /// Writes an OCI image layout with `layers` into `dir`; `name` goes into the
-/// index annotations. Returns the manifest's JSON for tests to tamper with.
-pub fn oci_layout(dir: &Path, layers: &[(Vec<u8>, Codec)], name: Option<&str>) -> std::io::Result<()> {
+/// index annotations.
+pub fn oci_layout(
+    dir: &Path,
+    layers: &[(Vec<u8>, Codec)],
+    name: Option<&str>,
+) -> std::io::Result<()> {
+    oci_layout_edited(dir, layers, name, &|_| {}, &|_| {})
+}
+
+/// Like [`oci_layout`], letting the test edit the config and the manifest
+/// before they are hashed (so digests stay consistent).
+pub fn oci_layout_edited(
+    dir: &Path,
+    layers: &[(Vec<u8>, Codec)],
+    name: Option<&str>,
+    edit_config: &dyn Fn(&mut serde_json::Value),
+    edit_manifest: &dyn Fn(&mut serde_json::Value),
+) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
     fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
     let mut descs = Vec::new();
@@ -150,16 +173,22 @@ pub fn oci_layout(dir: &Path, layers: &[(Vec<u8>, Codec)], name: Option<&str>) -
         diff_ids.push(Digest::sha256_of(tar).to_string());
         let blob = codec.encode(tar);
         let d = put_blob(dir, &blob)?;
-        descs.push(json!({"mediaType": codec.media_type(), "digest": d.to_string(), "size": blob.len()}));
+        descs.push(
+            json!({"mediaType": codec.media_type(), "digest": d.to_string(), "size": blob.len()}),
+        );
     }
-    let config = serde_json::to_vec(&config_json(&diff_ids))?;
+    let mut config = config_json(&diff_ids);
+    edit_config(&mut config);
+    let config = serde_json::to_vec(&config)?;
     let cd = put_blob(dir, &config)?;
-    let manifest = serde_json::to_vec(&json!({
+    let mut manifest = json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd.to_string(), "size": config.len()},
         "layers": descs,
-    }))?;
+    });
+    edit_manifest(&mut manifest);
+    let manifest = serde_json::to_vec(&manifest)?;
     let md = put_blob(dir, &manifest)?;
     let mut desc = json!({
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -167,9 +196,13 @@ pub fn oci_layout(dir: &Path, layers: &[(Vec<u8>, Codec)], name: Option<&str>) -
         "size": manifest.len(),
     });
     if let Some(n) = name {
-        desc["annotations"] = json!({"io.containerd.image.name": n, "org.opencontainers.image.ref.name": "latest"});
+        desc["annotations"] =
+            json!({"io.containerd.image.name": n, "org.opencontainers.image.ref.name": "latest"});
     }
-    fs::write(dir.join("index.json"), serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [desc]}))?)?;
+    fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [desc]}))?,
+    )?;
     Ok(())
 }
 
@@ -191,7 +224,9 @@ pub fn docker_save(dir: &Path, layers: &[Vec<u8>], repo_tag: &str) -> std::io::R
     fs::write(dir.join(&cfg_name), &config)?;
     fs::write(
         dir.join("manifest.json"),
-        serde_json::to_vec(&json!([{"Config": cfg_name, "RepoTags": [repo_tag], "Layers": paths}]))?,
+        serde_json::to_vec(
+            &json!([{"Config": cfg_name, "RepoTags": [repo_tag], "Layers": paths}]),
+        )?,
     )?;
     Ok(())
 }

@@ -70,7 +70,14 @@ pub fn content_hash(root: &Path) -> io::Result<String> {
         h.update(e.rel.as_os_str().as_bytes());
         h.update([0]);
         let m = &e.meta;
-        h.update(format!("{:o} {} {} {} {}\n", m.mode(), m.uid(), m.gid(), m.rdev(), m.len()));
+        h.update(format!(
+            "{:o} {} {} {} {}\n",
+            m.mode(),
+            m.uid(),
+            m.gid(),
+            m.rdev(),
+            m.len()
+        ));
         if let Some(t) = &e.link {
             h.update(t.as_os_str().as_bytes());
             h.update([0]);

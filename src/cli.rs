@@ -1,0 +1,125 @@
+//! The command line, Docker-like where Docker has a convention.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Run one workload in a microVM or a container, and measure the difference.
+#[derive(Debug, Parser)]
+#[command(name = "twinbox", version, propagate_version = true)]
+#[command(
+    after_help = "Exit codes: 0 ok; 125 twinbox's own error; otherwise the workload's exit code."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// twinbox's commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Run a command in a new box.
+    Run(RunArgs),
+    /// Check what this host offers and what is missing, with the fix.
+    Doctor,
+    /// Build or fetch the guest kernel.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+}
+
+/// `twinbox image ...`
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an image from a `docker save` tarball or an OCI image layout
+    /// (a tar, optionally gzip/zstd, or a directory); prints its name.
+    Import {
+        /// The tarball or directory.
+        source: PathBuf,
+        /// Name to store it under (NAME[:TAG]); also picks one image from an
+        /// input that holds several.
+        #[arg(long)]
+        name: Option<String>,
+        /// Refuse images whose unpacked files exceed this size.
+        #[arg(long, default_value = "64g", value_name = "SIZE")]
+        max_size: String,
+    },
+    /// List images.
+    #[command(visible_alias = "list")]
+    Ls,
+    /// Remove images.
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Images to remove.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Show an image's record as JSON.
+    Inspect {
+        /// The image.
+        name: String,
+    },
+    /// Build the `busybox` base image from Debian's busybox-static package.
+    BuildBase {
+        /// Use this busybox-static .deb instead of `apt-get download`.
+        #[arg(long)]
+        deb: Option<PathBuf>,
+    },
+}
+
+/// `twinbox kernel ...`
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// Build the guest kernel from linux-source-6.1 and our config fragment
+    /// (cached: a no-op when the inputs did not change).
+    Build {
+        /// Parallel compile jobs (default: the number of CPUs).
+        #[arg(short, long)]
+        jobs: Option<usize>,
+    },
+    /// Fetch Debian's prebuilt kernel as a fallback (extracted, not installed).
+    FetchDebian,
+    /// Show the kernel a VM would boot, as JSON.
+    Show,
+}
+
+/// The kinds of box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A microVM: its own kernel, on KVM (the safe default).
+    Vm,
+    /// A container: namespaces and cgroups on the host kernel.
+    Container,
+}
+
+/// `twinbox run ...`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The kind of box.
+    #[arg(long, value_enum, default_value = "vm")]
+    pub isolation: Isolation,
+    /// Memory limit (e.g. 256m, 1g).
+    #[arg(short, long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// CPUs (a whole number for VMs; a fraction is allowed for containers).
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Set an environment variable (KEY=VALUE, or KEY to pass the host's).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Kill the box after this long (e.g. 30s, 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Print the resolved workload as JSON instead of running it.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The image.
+    pub image: String,
+    /// The command and its arguments (default: the image's).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
+}

@@ -1,0 +1,31 @@
+//! One module per top-level command.
+
+pub mod doctor;
+pub mod image;
+pub mod kernel;
+pub mod run;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// A spinner on stderr for long work (hidden when stderr is not a terminal).
+pub fn spinner(prefix: &str) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {prefix} [{elapsed}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.set_prefix(prefix.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
+/// A byte progress bar on stderr.
+pub fn bytes_bar(prefix: &str) -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} [{elapsed}] {bar:30} {bytes}/{total_bytes} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_prefix(prefix.to_string());
+    pb
+}

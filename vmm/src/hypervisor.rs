@@ -1,0 +1,129 @@
+//! What KVM this host offers, and whether we can use it.
+//!
+//! The VMM speaks only the KVM API, but the hypervisor behind `/dev/kvm`
+//! differs: hardware virtualization (Intel VT-x, AMD-V), or PVM, a software
+//! hypervisor that runs unmodified guests by trapping and emulating their
+//! privileged instructions (`kvm_pvm` module). Some choices (timer, CPUID
+//! bits, kernel command line) depend on which one it is, so the VMM detects
+//! it at run time; `twinbox doctor` reports it.
+
+use std::fmt;
+use std::path::Path;
+
+use kvm_ioctls::{Cap, Kvm};
+
+/// The hypervisor behind `/dev/kvm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Intel VT-x (`kvm_intel`).
+    Intel,
+    /// AMD-V (`kvm_amd`).
+    Amd,
+    /// PVM (`kvm_pvm`), software; `native` is its `pvm_native` parameter.
+    Pvm {
+        /// Whether PVM runs unmodified (native) guest kernels.
+        native: bool,
+    },
+    /// KVM without a module we recognize (built in, or another backend).
+    Unknown,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Intel => f.write_str("hardware KVM (Intel VT-x)"),
+            Self::Amd => f.write_str("hardware KVM (AMD-V)"),
+            Self::Pvm { native: true } => {
+                f.write_str("PVM (software hypervisor, native guest mode)")
+            }
+            Self::Pvm { native: false } => {
+                f.write_str("PVM (software hypervisor, PVM guests only)")
+            }
+            Self::Unknown => f.write_str("KVM (hypervisor module not recognized)"),
+        }
+    }
+}
+
+/// Detects the hypervisor kind from the loaded kernel modules.
+pub fn detect_kind() -> Kind {
+    detect_kind_in(Path::new("/sys/module"))
+}
+
+fn detect_kind_in(modules: &Path) -> Kind {
+    if modules.join("kvm_pvm").exists() {
+        let native = std::fs::read_to_string(modules.join("kvm_pvm/parameters/pvm_native"))
+            .map(|s| s.trim() == "Y" || s.trim() == "1")
+            .unwrap_or(false);
+        Kind::Pvm { native }
+    } else if modules.join("kvm_intel").exists() {
+        Kind::Intel
+    } else if modules.join("kvm_amd").exists() {
+        Kind::Amd
+    } else {
+        Kind::Unknown
+    }
+}
+
+/// Errors of probing KVM.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// `/dev/kvm` cannot be opened.
+    #[error("cannot open /dev/kvm")]
+    Open(#[source] kvm_ioctls::Error),
+    /// The KVM API version is not the stable one (12).
+    #[error("KVM API version {0}, expected 12")]
+    ApiVersion(i32),
+    /// KVM refuses to create a VM.
+    #[error("KVM_CREATE_VM failed")]
+    CreateVm(#[source] kvm_ioctls::Error),
+}
+
+/// What a probe of `/dev/kvm` found.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    /// The hypervisor kind.
+    pub kind: Kind,
+    /// KVM API version.
+    pub api_version: i32,
+    /// Whether the in-kernel irqchip (PIC, IOAPIC, LAPIC) is offered.
+    pub irqchip: bool,
+    /// Whether the in-kernel PIT is offered.
+    pub pit: bool,
+    /// Most vCPUs per VM KVM recommends.
+    pub max_vcpus: usize,
+}
+
+/// Opens `/dev/kvm`, checks the API version and creates (and drops) a VM.
+pub fn probe() -> Result<Probe, Error> {
+    let kvm = Kvm::new().map_err(Error::Open)?;
+    let api_version = kvm.get_api_version();
+    if api_version != 12 {
+        return Err(Error::ApiVersion(api_version));
+    }
+    let vm = kvm.create_vm().map_err(Error::CreateVm)?;
+    drop(vm);
+    Ok(Probe {
+        kind: detect_kind(),
+        api_version,
+        irqchip: kvm.check_extension(Cap::Irqchip),
+        pit: kvm.check_extension(Cap::Pit2),
+        max_vcpus: kvm.get_nr_vcpus(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_follows_the_loaded_module() -> std::io::Result<()> {
+        let t = std::env::temp_dir().join(format!("twinbox-kind-{}", std::process::id()));
+        std::fs::create_dir_all(t.join("kvm_intel"))?;
+        assert_eq!(detect_kind_in(&t), Kind::Intel);
+        std::fs::create_dir_all(t.join("kvm_pvm/parameters"))?;
+        std::fs::write(t.join("kvm_pvm/parameters/pvm_native"), "Y\n")?;
+        assert_eq!(detect_kind_in(&t), Kind::Pvm { native: true });
+        std::fs::remove_dir_all(&t)?;
+        Ok(())
+    }
+}
