@@ -1,5 +1,5 @@
-//! The guest kernel recipe: Debian's `linux-source-6.1` + `make tinyconfig`
-//! + our fragment (`images/kernel/twinbox.config`) + our patches, built once
+//! The guest kernel recipe: Debian's `linux-source-6.1`, `make tinyconfig`,
+//! our fragment (`images/kernel/twinbox.config`) and our patches, built once
 //! into the cache under a key that hashes all of those inputs.
 //!
 //! ```text

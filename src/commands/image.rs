@@ -43,7 +43,7 @@ pub fn run(store: &Store, cmd: ImageCommand) -> Result<()> {
         }
         ImageCommand::Ls => {
             let images = store.list()?;
-            println!("{:<40} {:>10}  {:<22} {}", "NAME", "SIZE", "CREATED", "ID");
+            println!("{:<40} {:>10}  {:<22} ID", "NAME", "SIZE", "CREATED");
             for i in images {
                 let id = i.meta.id.split(':').nth(1).unwrap_or(&i.meta.id);
                 println!(

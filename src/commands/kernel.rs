@@ -41,7 +41,8 @@ pub fn run(cmd: KernelCommand) -> Result<()> {
         k.dir.display(),
         k.info.source,
         size::human(k.info.bzimage_bytes),
-        size::human(k.info.vmlinux_bytes),
+        k.vmlinux()
+            .map_or("none".to_string(), |_| size::human(k.info.vmlinux_bytes)),
         k.info.build_seconds
     );
     let mut v = serde_json::to_value(&k.info)?;

@@ -75,14 +75,14 @@ pub fn parse(mountinfo: &str, read_controllers: impl Fn(&Path) -> String) -> Lay
         let mut r = right.split_whitespace();
         let (fstype, _source, options) = (r.next(), r.next(), r.next().unwrap_or(""));
         match (fstype, mount) {
-            (Some("cgroup2"), Some(m)) => {
-                // Prefer the canonical mount if there are several.
+            // Prefer the canonical mount, then the shortest, if there are several.
+            (Some("cgroup2"), Some(m))
                 if v2.as_ref().is_none_or(|cur| {
                     m.as_path() == Path::new("/sys/fs/cgroup")
                         || cur.components().count() > m.components().count()
-                }) {
-                    v2 = Some(m);
-                }
+                }) =>
+            {
+                v2 = Some(m);
             }
             (Some("cgroup"), Some(m)) => {
                 for opt in options.split(',') {
