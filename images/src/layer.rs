@@ -206,14 +206,7 @@ pub fn apply(root: &Root, reader: impl Read, opts: &Options, report: &mut Report
                 // The target is stored as text and never followed here.
                 symlinkat(target.as_path(), &dir, name).map_err(sys("symlink", &rel))?;
                 if opts.chown {
-                    fchownat(
-                        &dir,
-                        name,
-                        uid(meta.uid),
-                        gid(meta.gid),
-                        AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(sys("chown", &rel))?;
+                    chown_at(&dir, name, &rel, &meta)?;
                 }
                 let t = TimeSpec::new(meta.mtime as i64, 0);
                 utimensat(&dir, name, &t, &t, UtimensatFlags::NoFollowSymlink)
@@ -237,14 +230,7 @@ pub fn apply(root: &Root, reader: impl Read, opts: &Options, report: &mut Report
                 )
                 .map_err(sys("mkfifo", &rel))?;
                 if opts.chown {
-                    fchownat(
-                        &dir,
-                        name,
-                        uid(meta.uid),
-                        gid(meta.gid),
-                        AtFlags::AT_SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(sys("chown", &rel))?;
+                    chown_at(&dir, name, &rel, &meta)?;
                 }
                 // The FIFO was just made under this name in a directory only
                 // we write to, so following the name reaches it.
@@ -328,6 +314,18 @@ fn uid(id: u64) -> Option<Uid> {
 
 fn gid(id: u64) -> Option<Gid> {
     u32::try_from(id).ok().map(Gid::from_raw)
+}
+
+/// Gives `name` in `dir` the archive's owner, without following a symlink.
+fn chown_at(dir: &OwnedFd, name: &OsStr, rel: &Path, meta: &Meta) -> Result<()> {
+    fchownat(
+        dir,
+        name,
+        uid(meta.uid),
+        gid(meta.gid),
+        AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .map_err(sys("chown", rel))
 }
 
 /// Owner first (chown clears setuid bits), then mode, then time.
