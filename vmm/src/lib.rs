@@ -1,11 +1,27 @@
 //! twinbox-vmm: a tiny KVM virtual machine monitor, as a library.
 //!
-//! It takes a `VmConfig` (kernel, initrd or disks, command line, vCPUs,
-//! memory, devices) and runs a VM until it stops, returning why. It knows
-//! nothing of containers, images or benchmarks.
+//! `VmConfig` (kernel, initrd, command line, vCPUs, memory, timeout) in,
+//! [`vm::run`] builds and runs the VM, and an [`Outcome`] out: why it stopped
+//! ([`StopReason`], never a panic), its last console output, boot timer marks
+//! and where the time went. It knows nothing of containers, images or
+//! benchmarks, and uses only the KVM API, so it runs on hardware KVM and on
+//! PVM alike ([`hypervisor`] tells them apart).
 //!
-//! Today it holds [`hypervisor`]: what kind of KVM this host offers
-//! (hardware VMX/SVM or the PVM software hypervisor) and whether it works.
-//! The monitor itself comes with the microVM issue.
+//! Layout: [`arch`] (x86_64 boot state, CPUID, MSRs, MP table, zero page),
+//! [`memory`], [`loader`], [`devices`] (8250 UART, i8042, exit and boot-timer
+//! ports), [`vcpu`], [`vm`]. [`null_guest`] builds the smallest possible
+//! guest, used to measure the monitor alone.
 
+pub mod arch;
+pub mod config;
+pub mod devices;
+pub mod event;
 pub mod hypervisor;
+pub mod loader;
+pub mod memory;
+pub mod null_guest;
+pub mod vcpu;
+pub mod vm;
+
+pub use config::VmConfig;
+pub use vm::{run, Outcome, StopReason};

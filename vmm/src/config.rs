@@ -1,0 +1,142 @@
+//! `VmConfig`: everything a VM is made from, and the checks that refuse a
+//! configuration that cannot work before anything is created.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::arch::layout;
+
+/// Errors of a VM configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Memory size out of range.
+    #[error("memory size {size} bytes: {why}")]
+    Memory {
+        /// The size asked for.
+        size: u64,
+        /// Why it cannot work.
+        why: String,
+    },
+    /// vCPU count out of range.
+    #[error("{count} vCPUs: {why}")]
+    Vcpus {
+        /// The count asked for.
+        count: u32,
+        /// Why it cannot work.
+        why: String,
+    },
+    /// Command line too long or with a NUL byte.
+    #[error("kernel command line: {0}")]
+    Cmdline(String),
+}
+
+/// Smallest guest memory: room for the boot structures, a kernel and a stack.
+pub const MIN_MEMORY: u64 = 8 << 20;
+/// Largest guest memory this VMM maps (guest-physical address space it sets up).
+pub const MAX_MEMORY: u64 = 1 << 40;
+/// Most vCPUs (the MP table's APIC ids are 8 bits; 255 is broadcast).
+pub const MAX_VCPUS: u32 = 254;
+
+/// What a VM is made of.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Kernel: an ELF (vmlinux, or any 64-bit ELF) or a bzImage.
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in bytes (rounded up to 4 KiB).
+    pub memory: u64,
+    /// Stop the VM after this long.
+    pub timeout: Option<Duration>,
+}
+
+impl VmConfig {
+    /// A config with 1 vCPU and 128 MiB.
+    pub fn new(kernel: impl Into<PathBuf>) -> Self {
+        Self {
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: String::new(),
+            vcpus: 1,
+            memory: 128 << 20,
+            timeout: None,
+        }
+    }
+
+    /// Checks the config against the VMM's limits and, for memory, the host's.
+    pub fn validate(&self, host_memory: Option<u64>, max_vcpus: u32) -> Result<(), Error> {
+        let mem_err = |why: String| Error::Memory {
+            size: self.memory,
+            why,
+        };
+        if self.memory < MIN_MEMORY {
+            return Err(mem_err(format!(
+                "below the minimum of {} MiB",
+                MIN_MEMORY >> 20
+            )));
+        }
+        if self.memory > MAX_MEMORY {
+            return Err(mem_err(format!(
+                "above the maximum of {} GiB",
+                MAX_MEMORY >> 30
+            )));
+        }
+        if let Some(h) = host_memory.filter(|&h| self.memory > h) {
+            return Err(mem_err(format!("more than the host's {} MiB", h >> 20)));
+        }
+        let limit = max_vcpus.min(MAX_VCPUS);
+        if self.vcpus == 0 || self.vcpus > limit {
+            return Err(Error::Vcpus {
+                count: self.vcpus,
+                why: format!("want 1 to {limit}"),
+            });
+        }
+        if self.cmdline.len() >= layout::CMDLINE_MAX {
+            return Err(Error::Cmdline(format!(
+                "longer than {} bytes",
+                layout::CMDLINE_MAX - 1
+            )));
+        }
+        if self.cmdline.contains('\0') {
+            return Err(Error::Cmdline("contains a NUL byte".into()));
+        }
+        Ok(())
+    }
+
+    /// Memory size rounded up to whole pages.
+    pub fn memory_pages_bytes(&self) -> u64 {
+        self.memory.div_ceil(4096) * 4096
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_what_cannot_work() {
+        let mut c = VmConfig::new("k");
+        assert!(c.validate(Some(1 << 30), 2).is_ok());
+        c.memory = 1 << 20;
+        assert!(matches!(c.validate(None, 2), Err(Error::Memory { .. })));
+        c.memory = u64::MAX;
+        assert!(matches!(c.validate(None, 2), Err(Error::Memory { .. })));
+        c.memory = 2 << 30;
+        assert!(matches!(
+            c.validate(Some(1 << 30), 2),
+            Err(Error::Memory { .. })
+        ));
+        c.memory = 64 << 20;
+        c.vcpus = 0;
+        assert!(matches!(c.validate(None, 2), Err(Error::Vcpus { .. })));
+        c.vcpus = 3;
+        assert!(matches!(c.validate(None, 2), Err(Error::Vcpus { .. })));
+        c.vcpus = 1;
+        c.cmdline = "x".repeat(5000);
+        assert!(matches!(c.validate(None, 2), Err(Error::Cmdline(_))));
+    }
+}

@@ -1,0 +1,103 @@
+//! The devices a guest reaches through port I/O, and the dispatch of a
+//! vCPU's port exits to them.
+//!
+//! | ports | device |
+//! |---|---|
+//! | 0x3f8-0x3ff | 8250 UART (COM1), interrupt on IRQ 4 ([`serial`]) |
+//! | 0x60, 0x64 | i8042: a write of 0xFE to 0x64 resets the machine ([`i8042`]) |
+//! | 0x501 | exit status: an `out` of the workload's code ends the VM ([`ports`]) |
+//! | 0x502 | boot timer: an `out` of a mark id is timestamped ([`ports`]) |
+//!
+//! Reads of other ports return all ones, writes to them are dropped: what
+//! real hardware does for an empty bus.
+
+pub mod i8042;
+pub mod ports;
+pub mod serial;
+
+use std::sync::mpsc::Sender;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::event::Event;
+
+pub use ports::{BOOT_TIMER_PORT, EXIT_PORT};
+
+/// The port-I/O devices of one VM, shared by its vCPU threads.
+pub struct Devices {
+    serial: Mutex<serial::Serial>,
+    i8042: Mutex<i8042::I8042>,
+    ports: ports::Ports,
+}
+
+const SERIAL_BASE: u16 = 0x3f8;
+const SERIAL_END: u16 = 0x3ff;
+
+impl Devices {
+    /// Devices whose stop requests go to `stop`; the serial port signals
+    /// `serial_irq` and writes to `console`.
+    pub fn new(
+        serial_irq: EventFd,
+        console: serial::Console,
+        stop: Sender<Event>,
+        start: Instant,
+    ) -> Self {
+        Self {
+            serial: Mutex::new(serial::new(serial_irq, console)),
+            i8042: Mutex::new(i8042::new(stop.clone())),
+            ports: ports::Ports::new(stop, start),
+        }
+    }
+
+    /// A guest `out` to `port`.
+    pub fn write(&self, port: u16, data: &[u8]) {
+        match port {
+            SERIAL_BASE..=SERIAL_END => {
+                if let (Some(&b), Ok(mut s)) = (data.first(), self.serial.lock()) {
+                    // A failed interrupt injection is the host's problem, not
+                    // the guest's: the byte is still written.
+                    let _ = s.write((port - SERIAL_BASE) as u8, b);
+                }
+            }
+            0x60 | 0x64 => {
+                if let (Some(&b), Ok(mut d)) = (data.first(), self.i8042.lock()) {
+                    let _ = d.write((port - 0x60) as u8, b);
+                }
+            }
+            EXIT_PORT | BOOT_TIMER_PORT => self.ports.write(port, data),
+            _ => {}
+        }
+    }
+
+    /// A guest `in` from `port`.
+    pub fn read(&self, port: u16, data: &mut [u8]) {
+        match port {
+            SERIAL_BASE..=SERIAL_END if !data.is_empty() => {
+                if let Ok(mut s) = self.serial.lock() {
+                    data[0] = s.read((port - SERIAL_BASE) as u8);
+                }
+            }
+            0x60 | 0x64 if !data.is_empty() => {
+                if let Ok(mut d) = self.i8042.lock() {
+                    data[0] = d.read((port - 0x60) as u8);
+                }
+            }
+            _ => data.fill(0xff),
+        }
+    }
+
+    /// The console's record (last lines, byte count).
+    pub fn console_tail(&self) -> String {
+        self.serial
+            .lock()
+            .map(|s| s.writer().tail())
+            .unwrap_or_default()
+    }
+
+    /// Boot timer marks so far.
+    pub fn marks(&self) -> Vec<ports::Mark> {
+        self.ports.marks()
+    }
+}

@@ -1,0 +1,116 @@
+//! The null guest: the smallest thing a VMM can boot, to measure the
+//! monitor alone (VM creation, memory, vCPU start, exits), with no Linux.
+//!
+//! [`elf`] writes a 64-bit ELF executable whose code is loaded at 1 MiB. The
+//! instructions chosen encode the same in 32-bit protected mode and 64-bit
+//! long mode, so the same file works whichever way a VMM enters it:
+//!
+//! 1. `out 0x502, 1` - boot timer mark 1 (the guest's first instruction);
+//! 2. writes the marker [`MARKER`] to the serial port 0x3f8, byte by byte;
+//! 3. then, by [`Program`]: writes an exit code to port 0x501 and pulses
+//!    the i8042 reset line (for VMMs without our exit port), spins forever,
+//!    or executes `ud2` with no IDT, which triple-faults.
+
+/// What the null guest prints first.
+pub const MARKER: &str = "twinbox null guest\n";
+
+/// Where the code is loaded and entered.
+pub const LOAD_ADDR: u64 = 0x10_0000;
+
+/// What the null guest does after its marker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Program {
+    /// Exit with this code (exit port), then reset (i8042).
+    Exit(u32),
+    /// Loop forever.
+    Spin,
+    /// Triple-fault.
+    TripleFault,
+}
+
+fn mov_dx(code: &mut Vec<u8>, port: u16) {
+    code.extend_from_slice(&[0x66, 0xba]);
+    code.extend_from_slice(&port.to_le_bytes());
+}
+
+/// The machine code of `program`.
+pub fn code(program: Program) -> Vec<u8> {
+    let mut c = Vec::new();
+    mov_dx(&mut c, 0x502);
+    c.extend_from_slice(&[0xb0, 0x01, 0xee]); // mov al, 1; out dx, al
+    mov_dx(&mut c, 0x3f8);
+    for b in MARKER.bytes() {
+        c.extend_from_slice(&[0xb0, b, 0xee]); // mov al, b; out dx, al
+    }
+    match program {
+        Program::Exit(status) => {
+            mov_dx(&mut c, 0x501);
+            c.push(0xb8); // mov eax, status
+            c.extend_from_slice(&status.to_le_bytes());
+            c.push(0xef); // out dx, eax
+            mov_dx(&mut c, 0x64);
+            c.extend_from_slice(&[0xb0, 0xfe, 0xee]); // mov al, 0xfe; out dx, al
+            c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
+        }
+        Program::Spin => c.extend_from_slice(&[0xeb, 0xfe]), // jmp $
+        Program::TripleFault => c.extend_from_slice(&[0x0f, 0x0b]), // ud2
+    }
+    c
+}
+
+/// A 64-bit x86 ELF executable of `program`, one loadable segment at
+/// [`LOAD_ADDR`].
+pub fn elf(program: Program) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    const CODE_OFFSET: u64 = 0x80;
+    let code = code(program);
+    let mut f = Vec::with_capacity(CODE_OFFSET as usize + code.len());
+    // ELF header.
+    f.extend_from_slice(b"\x7fELF");
+    f.extend_from_slice(&[2, 1, 1, 0]); // 64-bit, little-endian, version 1, SysV
+    f.extend_from_slice(&[0u8; 8]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
+    f.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    f.extend_from_slice(&(EHDR as u16).to_le_bytes());
+    f.extend_from_slice(&(PHDR as u16).to_le_bytes());
+    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    f.extend_from_slice(&[0u8; 6]); // e_shentsize, e_shnum, e_shstrndx
+                                    // Program header: PT_LOAD, R+X.
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&5u32.to_le_bytes());
+    f.extend_from_slice(&CODE_OFFSET.to_le_bytes());
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(&16u64.to_le_bytes());
+    f.resize(CODE_OFFSET as usize, 0);
+    f.extend_from_slice(&code);
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn elf_header_is_well_formed() {
+        let f = elf(Program::Exit(7));
+        assert_eq!(&f[..4], b"\x7fELF");
+        assert_eq!(f[4], 2);
+        assert_eq!(
+            u64::from_le_bytes(f[24..32].try_into().unwrap_or_default()),
+            LOAD_ADDR
+        );
+        let code = code(Program::Exit(7));
+        assert_eq!(&f[0x80..], &code[..]);
+        // The exit code is in the `mov eax` immediate.
+        assert!(code.windows(5).any(|w| w == [0xb8, 7, 0, 0, 0]));
+    }
+}

@@ -1,0 +1,289 @@
+//! A VM from a [`VmConfig`]: build it, run it until it stops, say why, and
+//! leave nothing behind.
+//!
+//! The thread that calls [`run`] is the VMM thread: it builds the VM (KVM VM,
+//! in-kernel irqchip and PIT, memory, kernel, boot structures, devices,
+//! vCPUs), starts one thread per vCPU, then waits for the first stop event
+//! or the timeout. It then raises the stop flag and kicks every vCPU thread
+//! with a signal until all have returned, and drops the vCPUs, the VM and the
+//! guest memory, in that order, before it returns.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::Kvm;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+use crate::arch::{boot_params, layout, mptable, regs};
+use crate::config::{self, VmConfig};
+use crate::devices::ports::Mark;
+use crate::devices::{serial::Console, Devices};
+use crate::event::Event;
+use crate::{loader, memory, vcpu};
+
+/// Errors of building or running a VM. A guest that misbehaves is not an
+/// error: that is a [`StopReason`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration cannot work.
+    #[error("invalid VM configuration")]
+    Config(#[from] config::Error),
+    /// A KVM call failed.
+    #[error("{0}")]
+    Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// Guest memory could not be set up.
+    #[error("guest memory")]
+    Memory(#[from] memory::Error),
+    /// The kernel or initrd could not be loaded.
+    #[error("loading the guest")]
+    Load(#[from] loader::Error),
+    /// The boot structures could not be written.
+    #[error("writing boot structures: {0}")]
+    Boot(String),
+    /// A vCPU could not be set up.
+    #[error("setting up vCPUs")]
+    Vcpu(#[from] vcpu::Error),
+    /// A thread could not be started.
+    #[error("starting a vCPU thread")]
+    Thread(#[source] std::io::Error),
+}
+
+/// Why the VM stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest wrote this exit status to the exit port.
+    Exited(i32),
+    /// The guest reset the machine (i8042 or a KVM reset event).
+    Reset,
+    /// The guest powered off (KVM system event).
+    PowerOff,
+    /// A vCPU triple-faulted.
+    TripleFault {
+        /// Which vCPU.
+        vcpu: u32,
+    },
+    /// The guest reported a crash (KVM system event).
+    Crashed,
+    /// A vCPU halted for good (no in-kernel LAPIC to wake it).
+    Halted,
+    /// The timeout passed; the VMM stopped the VM.
+    TimedOut(Duration),
+    /// KVM failed while the guest ran.
+    KvmError(String),
+}
+
+/// Where the time went.
+#[derive(Debug, Clone, Default)]
+pub struct Timings {
+    /// KVM VM, irqchip and PIT created.
+    pub vm_created: Duration,
+    /// Guest memory mapped and registered.
+    pub memory_ready: Duration,
+    /// Kernel, initrd, command line and boot structures written.
+    pub guest_loaded: Duration,
+    /// vCPUs created and their threads started.
+    pub vcpus_started: Duration,
+    /// The stop event arrived (or the timeout passed).
+    pub stopped: Duration,
+    /// Everything torn down.
+    pub torn_down: Duration,
+}
+
+/// What a VM run produced.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// Why it stopped.
+    pub reason: StopReason,
+    /// The last few KiB of console output.
+    pub console_tail: String,
+    /// Boot timer marks.
+    pub marks: Vec<Mark>,
+    /// Timings, from the start of [`run`].
+    pub timings: Timings,
+}
+
+/// Most console bytes forwarded to the caller's writer (the rest is dropped;
+/// the tail is kept).
+pub const CONSOLE_LIMIT: u64 = 64 << 20;
+
+extern "C" fn kick_handler(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+fn install_kick_handler() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Without a handler the signal would kill the process; with an empty
+        // one it only makes KVM_RUN return EINTR in the vCPU thread.
+        let _ = register_signal_handler(kick_signal(), kick_handler);
+    });
+}
+
+fn host_memory() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions; it returns -1 on error.
+    let pages = unsafe { libc::sysconf(libc::_SC_PHYS_PAGES) };
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    (pages > 0 && page > 0).then(|| pages as u64 * page as u64)
+}
+
+/// Builds the VM of `config`, runs it until it stops, tears it down.
+/// Console output goes to `console`.
+pub fn run(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome, Error> {
+    let t0 = Instant::now();
+    let mut timings = Timings::default();
+    let kvm = Kvm::new().map_err(|e| Error::Kvm("opening /dev/kvm", e))?;
+    config.validate(host_memory(), kvm.get_max_vcpus() as u32)?;
+    install_kick_handler();
+
+    let vm = kvm
+        .create_vm()
+        .map_err(|e| Error::Kvm("KVM_CREATE_VM", e))?;
+    vm.set_tss_address(layout::KVM_TSS as usize)
+        .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
+    vm.create_irq_chip()
+        .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
+    let pit = kvm_pit_config {
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(|e| Error::Kvm("KVM_CREATE_PIT2", e))?;
+    timings.vm_created = t0.elapsed();
+
+    let size = config.memory_pages_bytes();
+    let mem = memory::create(&vm, size)?;
+    timings.memory_ready = t0.elapsed();
+
+    let regions = layout::ram_regions(size);
+    let low_end = regions.first().map(|r| r.0 + r.1).unwrap_or(0);
+    let loaded = loader::kernel(&mem, &config.kernel)?;
+    let initrd = match &config.initrd {
+        Some(p) => Some(loader::initrd(&mem, p, low_end, loaded.end)?),
+        None => None,
+    };
+    let cmdline_len = loader::cmdline(&mem, &config.cmdline)?;
+    boot_params::write(&mem, loaded.header, cmdline_len, initrd, &regions)
+        .map_err(|e| Error::Boot(e.to_string()))?;
+    mptable::write(&mem, config.vcpus).map_err(|e| Error::Boot(e.to_string()))?;
+    regs::write_tables(&mem).map_err(|e| Error::Boot(e.to_string()))?;
+    timings.guest_loaded = t0.elapsed();
+
+    let (tx, rx) = mpsc::channel::<Event>();
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Kvm("eventfd", e.into()))?;
+    vm.register_irqfd(&serial_irq, 4)
+        .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+    let devices = Arc::new(Devices::new(
+        serial_irq,
+        Console::new(console, CONSOLE_LIMIT),
+        tx.clone(),
+        t0,
+    ));
+    let supported = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    let vcpus = (0..config.vcpus)
+        .map(|i| vcpu::create(&vm, &supported, i, config.vcpus, loaded.entry))
+        .collect::<Result<Vec<_>, _>>()?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let mut spawn_error = None;
+    for (i, v) in vcpus.into_iter().enumerate() {
+        let (devices, stop, tx) = (devices.clone(), stop.clone(), tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("vcpu{i}"))
+            .spawn(move || vcpu::run(v, i as u32, devices, stop, tx));
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                spawn_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    timings.vcpus_started = t0.elapsed();
+
+    let reason = match spawn_error {
+        Some(_) => None,
+        None => Some(wait(&rx, config.timeout, t0)),
+    };
+    timings.stopped = t0.elapsed();
+
+    stop.store(true, Ordering::Release);
+    stop_threads(threads);
+    let console_tail = devices.console_tail();
+    let marks = devices.marks();
+    drop(devices);
+    drop(vm);
+    drop(mem);
+    timings.torn_down = t0.elapsed();
+    match (reason, spawn_error) {
+        (Some(reason), _) => Ok(Outcome {
+            reason,
+            console_tail,
+            marks,
+            timings,
+        }),
+        (None, Some(e)) => Err(Error::Thread(e)),
+        (None, None) => Err(Error::Boot("no vCPU started".into())),
+    }
+}
+
+/// Waits for the first stop event or the timeout.
+fn wait(rx: &mpsc::Receiver<Event>, timeout: Option<Duration>, t0: Instant) -> StopReason {
+    let event = match timeout {
+        Some(limit) => match rx.recv_timeout(limit.saturating_sub(t0.elapsed())) {
+            Ok(e) => e,
+            Err(RecvTimeoutError::Timeout) => return StopReason::TimedOut(limit),
+            Err(RecvTimeoutError::Disconnected) => {
+                return StopReason::KvmError("every vCPU thread ended".into())
+            }
+        },
+        None => match rx.recv() {
+            Ok(e) => e,
+            Err(_) => return StopReason::KvmError("every vCPU thread ended".into()),
+        },
+    };
+    match event {
+        Event::Exited(code) => StopReason::Exited(code),
+        Event::Reset => StopReason::Reset,
+        Event::Shutdown(vcpu) => StopReason::TripleFault { vcpu },
+        Event::SystemEvent(_, kind) => match kind {
+            kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => StopReason::PowerOff,
+            kvm_bindings::KVM_SYSTEM_EVENT_RESET => StopReason::Reset,
+            kvm_bindings::KVM_SYSTEM_EVENT_CRASH => StopReason::Crashed,
+            other => StopReason::KvmError(format!("system event {other}")),
+        },
+        Event::Halted(_) => StopReason::Halted,
+        Event::Failed(vcpu, what) => StopReason::KvmError(format!("vCPU {vcpu}: {what}")),
+    }
+}
+
+/// Kicks every vCPU thread out of KVM_RUN until all have returned, then
+/// joins them. A kick can land just before a thread enters KVM_RUN and be
+/// lost, so it is repeated until the thread is gone.
+fn stop_threads(threads: Vec<JoinHandle<()>>) {
+    loop {
+        let running: Vec<&JoinHandle<()>> = threads.iter().filter(|t| !t.is_finished()).collect();
+        if running.is_empty() {
+            break;
+        }
+        for t in running {
+            let _ = t.kill(kick_signal());
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+}

@@ -1,0 +1,213 @@
+//! The VMM booting the null guest: exit status, marker, boot timer, vCPU
+//! counts, memory sizes, bad kernels, a guest that never stops, a guest that
+//! triple-faults, and many boots in a row leaving nothing behind.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use twinbox_vmm::null_guest::{self, Program};
+use twinbox_vmm::{vm, StopReason, VmConfig};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut v) = self.0.lock() {
+            v.extend_from_slice(b);
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        self.0
+            .lock()
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default()
+    }
+}
+
+fn guest(dir: &Path, name: &str, program: Program) -> std::io::Result<PathBuf> {
+    let p = dir.join(name);
+    std::fs::write(&p, null_guest::elf(program))?;
+    Ok(p)
+}
+
+/// An error and its sources, as the CLI prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+fn config(kernel: PathBuf) -> VmConfig {
+    let mut c = VmConfig::new(kernel);
+    c.memory = 32 << 20;
+    c.timeout = Some(Duration::from_secs(20));
+    c
+}
+
+#[test]
+fn exit_status_and_marker_come_back() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    for code in [0u32, 1, 42, 255] {
+        let out = Captured::default();
+        let o = vm::run(
+            &config(guest(dir.path(), "g", Program::Exit(code))?),
+            Box::new(out.clone()),
+        )?;
+        assert_eq!(
+            o.reason,
+            StopReason::Exited(code as i32),
+            "console: {}",
+            o.console_tail
+        );
+        assert_eq!(out.text(), null_guest::MARKER);
+        assert_eq!(
+            o.marks.first().map(|m| m.id),
+            Some(1),
+            "boot timer mark missing"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn one_and_two_vcpus_boot() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let kernel = guest(dir.path(), "g", Program::Exit(3))?;
+    for vcpus in [1, 2] {
+        let mut c = config(kernel.clone());
+        c.vcpus = vcpus;
+        let o = vm::run(&c, Box::new(std::io::sink()))?;
+        assert_eq!(o.reason, StopReason::Exited(3), "{vcpus} vCPUs");
+    }
+    Ok(())
+}
+
+#[test]
+fn memory_sizes_below_and_above_the_mmio_gap() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let kernel = guest(dir.path(), "g", Program::Exit(0))?;
+    for mib in [8u64, 33, 1024, 4096, 8192] {
+        let mut c = config(kernel.clone());
+        c.memory = mib << 20;
+        let o = vm::run(&c, Box::new(std::io::sink()))?;
+        assert_eq!(o.reason, StopReason::Exited(0), "{mib} MiB");
+    }
+    // Sizes that cannot work are refused before anything is built.
+    for bytes in [1u64 << 20, u64::MAX, 1 << 50] {
+        let mut c = config(kernel.clone());
+        c.memory = bytes;
+        let e = vm::run(&c, Box::new(std::io::sink()));
+        assert!(matches!(e, Err(vm::Error::Config(_))), "{bytes}: {e:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn garbage_truncated_and_misplaced_kernels_are_clear_errors() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let garbage = dir.path().join("garbage");
+    std::fs::write(
+        &garbage,
+        (0..100_000u32)
+            .map(|i| (i * 31 % 253) as u8)
+            .collect::<Vec<_>>(),
+    )?;
+    let e = vm::run(&config(garbage), Box::new(std::io::sink()));
+    let msg = e.err().map(|e| chain(&e)).unwrap_or_default();
+    assert!(msg.contains("is not a kernel"), "{msg}");
+
+    let elf = null_guest::elf(Program::Exit(0));
+    let truncated = dir.path().join("truncated");
+    std::fs::write(&truncated, &elf[..100])?;
+    let e = vm::run(&config(truncated), Box::new(std::io::sink()));
+    assert!(matches!(e, Err(vm::Error::Load(_))), "{e:?}");
+
+    // A segment placed beyond guest memory.
+    let mut far = elf.clone();
+    far[64 + 24..64 + 32].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let far_path = dir.path().join("far");
+    std::fs::write(&far_path, &far)?;
+    let e = vm::run(&config(far_path), Box::new(std::io::sink()));
+    assert!(matches!(e, Err(vm::Error::Load(_))), "{e:?}");
+
+    let e = vm::run(
+        &config(dir.path().join("missing")),
+        Box::new(std::io::sink()),
+    );
+    assert!(matches!(e, Err(vm::Error::Load(_))), "{e:?}");
+
+    // A fake bzImage: the magic, and nothing behind it.
+    let mut bz = vec![0u8; 0x1000];
+    bz[0x202..0x206].copy_from_slice(b"HdrS");
+    let bz_path = dir.path().join("bz");
+    std::fs::write(&bz_path, &bz)?;
+    let e = vm::run(&config(bz_path), Box::new(std::io::sink()));
+    assert!(matches!(e, Err(vm::Error::Load(_))), "{e:?}");
+    Ok(())
+}
+
+#[test]
+fn a_guest_that_never_stops_is_killed_at_the_timeout() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut c = config(guest(dir.path(), "spin", Program::Spin)?);
+    c.vcpus = 2;
+    c.timeout = Some(Duration::from_millis(300));
+    let start = std::time::Instant::now();
+    let o = vm::run(&c, Box::new(std::io::sink()))?;
+    assert_eq!(o.reason, StopReason::TimedOut(Duration::from_millis(300)));
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_eq!(o.console_tail, null_guest::MARKER);
+    Ok(())
+}
+
+#[test]
+fn a_triple_fault_is_reported_with_the_last_console_output() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let o = vm::run(
+        &config(guest(dir.path(), "tf", Program::TripleFault)?),
+        Box::new(std::io::sink()),
+    )?;
+    assert_eq!(o.reason, StopReason::TripleFault { vcpu: 0 });
+    assert_eq!(o.console_tail, null_guest::MARKER);
+    Ok(())
+}
+
+#[test]
+fn bad_vcpu_counts_and_command_lines_are_refused() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let kernel = guest(dir.path(), "g", Program::Exit(0))?;
+    for n in [0, 100_000] {
+        let mut c = config(kernel.clone());
+        c.vcpus = n;
+        assert!(matches!(
+            vm::run(&c, Box::new(std::io::sink())),
+            Err(vm::Error::Config(_))
+        ));
+    }
+    let mut c = config(kernel);
+    c.cmdline = "console=ttyS0\nevil".into();
+    let e = vm::run(&c, Box::new(std::io::sink()));
+    assert!(matches!(e, Err(vm::Error::Load(_))), "{e:?}");
+    Ok(())
+}
