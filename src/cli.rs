@@ -29,6 +29,51 @@ pub enum Command {
     /// Build or fetch the guest kernel.
     #[command(subcommand)]
     Kernel(KernelCommand),
+    /// Drive the VMM directly: boot a kernel, or make the null guest.
+    #[command(subcommand)]
+    Vmm(VmmCommand),
+}
+
+/// `twinbox vmm ...`
+#[derive(Debug, Subcommand)]
+pub enum VmmCommand {
+    /// Boot a kernel (ELF or bzImage) in twinbox's VMM; the console goes to
+    /// stdout, a report of the run to stderr; exits with the guest's status.
+    Boot {
+        /// The kernel; `null` boots the built-in null guest.
+        kernel: String,
+        /// Initial ramdisk.
+        #[arg(long)]
+        initrd: Option<PathBuf>,
+        /// Kernel command line.
+        #[arg(long, default_value = "")]
+        cmdline: String,
+        /// Guest memory.
+        #[arg(short, long, default_value = "128m", value_name = "SIZE")]
+        memory: String,
+        /// vCPUs.
+        #[arg(long, default_value_t = 1)]
+        cpus: u32,
+        /// Stop the VM after this long.
+        #[arg(long, value_name = "DURATION")]
+        timeout: Option<String>,
+        /// Print the report as JSON on stderr.
+        #[arg(long)]
+        json: bool,
+        /// Run without the seccomp filters (to debug the VMM itself).
+        #[arg(long)]
+        no_seccomp: bool,
+    },
+    /// List the syscalls each VMM thread may make (its seccomp allow-list).
+    Seccomp,
+    /// Write the null guest (a tiny 64-bit ELF that prints a marker and exits).
+    NullGuest {
+        /// Where to write it.
+        out: PathBuf,
+        /// Its exit status.
+        #[arg(long, default_value_t = 0)]
+        exit: u32,
+    },
 }
 
 /// `twinbox image ...`

@@ -47,5 +47,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             1
         }),
         Command::Kernel(cmd) => commands::kernel::run(cmd).map(|()| 0),
+        Command::Vmm(cmd) => commands::vmm::run(cmd),
     }
 }

@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod image;
 pub mod kernel;
 pub mod run;
+pub mod vmm;
 
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -52,6 +52,8 @@ pub struct VmConfig {
     pub memory: u64,
     /// Stop the VM after this long.
     pub timeout: Option<Duration>,
+    /// Install the seccomp filters (on unless debugging the VMM itself).
+    pub seccomp: bool,
 }
 
 impl VmConfig {
@@ -64,6 +66,7 @@ impl VmConfig {
             vcpus: 1,
             memory: 128 << 20,
             timeout: None,
+            seccomp: true,
         }
     }
 

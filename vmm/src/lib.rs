@@ -9,7 +9,8 @@
 //!
 //! Layout: [`arch`] (x86_64 boot state, CPUID, MSRs, MP table, zero page),
 //! [`memory`], [`loader`], [`devices`] (8250 UART, i8042, exit and boot-timer
-//! ports), [`vcpu`], [`vm`]. [`null_guest`] builds the smallest possible
+//! ports), [`vcpu`], [`vm`], [`seccomp`] (per-thread filters, compiled at
+//! build time). [`null_guest`] builds the smallest possible
 //! guest, used to measure the monitor alone.
 
 pub mod arch;
@@ -20,6 +21,7 @@ pub mod hypervisor;
 pub mod loader;
 pub mod memory;
 pub mod null_guest;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 

@@ -99,6 +99,29 @@ pub fn create(
     Ok(vcpu)
 }
 
+/// What KVM says about an internal error: its sub-code, data words, and
+/// where the guest was (to resolve against the kernel's System.map).
+fn internal_error(vcpu: &mut VcpuFd) -> String {
+    let run = vcpu.get_kvm_run();
+    // SAFETY: the exit reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is
+    // the union member KVM filled in; it is plain integers.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let n = (internal.ndata as usize).min(internal.data.len());
+    let data: Vec<String> = internal.data[..n]
+        .iter()
+        .map(|d| format!("{d:#x}"))
+        .collect();
+    let rip = vcpu
+        .get_regs()
+        .map(|r| format!("{:#x}", r.rip))
+        .unwrap_or_else(|_| "?".into());
+    format!(
+        "KVM_EXIT_INTERNAL_ERROR (suberror {}, data [{}]) at rip {rip}",
+        internal.suberror,
+        data.join(", ")
+    )
+}
+
 /// Runs `vcpu` until `stop` is set (and the thread kicked) or the vCPU
 /// stops on its own; what stopped it goes to `events`.
 pub fn run(
@@ -107,7 +130,18 @@ pub fn run(
     devices: Arc<Devices>,
     stop: Arc<AtomicBool>,
     events: Sender<Event>,
+    seccomp: bool,
 ) {
+    // The guest's input is only ever handled under the filter.
+    if seccomp {
+        if let Err(e) = crate::seccomp::install(crate::seccomp::Thread::Vcpu) {
+            let cause = std::error::Error::source(&e)
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            let _ = events.send(Event::Failed(index, format!("{e}: {cause}")));
+            return;
+        }
+    }
     while !stop.load(Ordering::Acquire) {
         let event = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
@@ -130,9 +164,7 @@ pub fn run(
                 index,
                 format!("KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x}, cpu {cpu})"),
             )),
-            Ok(VcpuExit::InternalError) => {
-                Some(Event::Failed(index, "KVM_EXIT_INTERNAL_ERROR".into()))
-            }
+            Ok(VcpuExit::InternalError) => Some(Event::Failed(index, internal_error(&mut vcpu))),
             Ok(other) => Some(Event::Failed(index, format!("unhandled exit {other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 vcpu.set_kvm_immediate_exit(0);

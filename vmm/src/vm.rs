@@ -1,10 +1,10 @@
 //! A VM from a [`VmConfig`]: build it, run it until it stops, say why, and
 //! leave nothing behind.
 //!
-//! The thread that calls [`run`] is the VMM thread: it builds the VM (KVM VM,
+//! [`run`] starts the VMM thread, which builds the VM (KVM VM,
 //! in-kernel irqchip and PIT, memory, kernel, boot structures, devices,
 //! vCPUs), starts one thread per vCPU, then waits for the first stop event
-//! or the timeout. It then raises the stop flag and kicks every vCPU thread
+//! or the timeout, under its seccomp filter. It then raises the stop flag and kicks every vCPU thread
 //! with a signal until all have returned, and drops the vCPUs, the VM and the
 //! guest memory, in that order, before it returns.
 
@@ -50,8 +50,14 @@ pub enum Error {
     #[error("setting up vCPUs")]
     Vcpu(#[from] vcpu::Error),
     /// A thread could not be started.
-    #[error("starting a vCPU thread")]
+    #[error("starting a VMM thread")]
     Thread(#[source] std::io::Error),
+    /// The VMM thread could not be filtered.
+    #[error("seccomp")]
+    Seccomp(#[from] crate::seccomp::Error),
+    /// The VMM thread panicked (a bug in the VMM, not the guest).
+    #[error("the VMM thread panicked")]
+    Panicked,
 }
 
 /// Why the VM stopped.
@@ -136,8 +142,19 @@ fn host_memory() -> Option<u64> {
 }
 
 /// Builds the VM of `config`, runs it until it stops, tears it down.
-/// Console output goes to `console`.
+/// Console output goes to `console`. The work happens in a thread of its
+/// own (the VMM thread), so its seccomp filter never applies to the caller.
 pub fn run(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome, Error> {
+    let config = config.clone();
+    std::thread::Builder::new()
+        .name("vmm".into())
+        .spawn(move || run_here(&config, console))
+        .map_err(Error::Thread)?
+        .join()
+        .map_err(|_| Error::Panicked)?
+}
+
+fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome, Error> {
     let t0 = Instant::now();
     let mut timings = Timings::default();
     let kvm = Kvm::new().map_err(|e| Error::Kvm("opening /dev/kvm", e))?;
@@ -199,9 +216,10 @@ pub fn run(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome,
     let mut spawn_error = None;
     for (i, v) in vcpus.into_iter().enumerate() {
         let (devices, stop, tx) = (devices.clone(), stop.clone(), tx.clone());
+        let seccomp = config.seccomp;
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
-            .spawn(move || vcpu::run(v, i as u32, devices, stop, tx));
+            .spawn(move || vcpu::run(v, i as u32, devices, stop, tx, seccomp));
         match spawned {
             Ok(t) => threads.push(t),
             Err(e) => {
@@ -213,9 +231,13 @@ pub fn run(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome,
     drop(tx);
     timings.vcpus_started = t0.elapsed();
 
-    let reason = match spawn_error {
-        Some(_) => None,
-        None => Some(wait(&rx, config.timeout, t0)),
+    let filtered = match (&spawn_error, config.seccomp) {
+        (None, true) => crate::seccomp::install(crate::seccomp::Thread::Vmm).map_err(Some),
+        _ => Ok(()),
+    };
+    let reason = match (&spawn_error, &filtered) {
+        (None, Ok(())) => Some(wait(&rx, config.timeout, t0)),
+        _ => None,
     };
     timings.stopped = t0.elapsed();
 
@@ -227,15 +249,16 @@ pub fn run(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome,
     drop(vm);
     drop(mem);
     timings.torn_down = t0.elapsed();
-    match (reason, spawn_error) {
-        (Some(reason), _) => Ok(Outcome {
+    match (reason, spawn_error, filtered) {
+        (Some(reason), _, _) => Ok(Outcome {
             reason,
             console_tail,
             marks,
             timings,
         }),
-        (None, Some(e)) => Err(Error::Thread(e)),
-        (None, None) => Err(Error::Boot("no vCPU started".into())),
+        (None, Some(e), _) => Err(Error::Thread(e)),
+        (None, None, Err(Some(e))) => Err(e.into()),
+        (None, None, _) => Err(Error::Boot("no vCPU started".into())),
     }
 }
 

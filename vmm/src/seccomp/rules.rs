@@ -1,0 +1,72 @@
+// The seccomp allow-lists of the VMM's threads, as plain data.
+//
+// This file is `include!`d twice: by build.rs, which compiles the lists to
+// BPF at build time, and by `seccomp/mod.rs`, which reports them. So it uses
+// nothing but `libc` and holds nothing but data.
+
+/// A system call a thread may make. If `arg1` is not empty, only those
+/// values of its second argument are allowed (the `ioctl` request, the
+/// `fcntl` command).
+pub struct Allowed {
+    /// Its name.
+    pub name: &'static str,
+    /// Its number on x86_64.
+    pub nr: i64,
+    /// Allowed values of argument 1; empty allows every value.
+    pub arg1: &'static [u64],
+}
+
+/// `_IO(KVMIO, 0x80)`.
+pub const KVM_RUN: u64 = 0xae80;
+/// `_IOR(KVMIO, 0x81, struct kvm_regs)`: read on an internal error, for the report.
+pub const KVM_GET_REGS: u64 = 0x8090_ae81;
+
+const fn allow(name: &'static str, nr: i64) -> Allowed {
+    Allowed { name, nr, arg1: &[] }
+}
+
+/// Memory, signals and thread exit: what the Rust and glibc runtimes need
+/// in any thread, kept to what strace showed in real runs.
+pub const RUNTIME: &[Allowed] = &[
+    allow("futex", libc::SYS_futex),
+    allow("mmap", libc::SYS_mmap),
+    allow("munmap", libc::SYS_munmap),
+    allow("mprotect", libc::SYS_mprotect),
+    allow("madvise", libc::SYS_madvise),
+    allow("mremap", libc::SYS_mremap),
+    allow("brk", libc::SYS_brk),
+    allow("rt_sigprocmask", libc::SYS_rt_sigprocmask),
+    allow("rt_sigreturn", libc::SYS_rt_sigreturn),
+    allow("sigaltstack", libc::SYS_sigaltstack),
+    allow("sched_yield", libc::SYS_sched_yield),
+    allow("clock_gettime", libc::SYS_clock_gettime),
+    allow("close", libc::SYS_close),
+    allow("write", libc::SYS_write),
+    allow("exit", libc::SYS_exit),
+    // Rust checks a descriptor is open before closing it (debug builds).
+    Allowed { name: "fcntl", nr: libc::SYS_fcntl, arg1: &[libc::F_GETFD as u64] },
+];
+
+/// A vCPU thread, besides [`RUNTIME`]: KVM_RUN (and KVM_GET_REGS for the
+/// report of an internal error).
+pub const VCPU_ONLY: &[Allowed] =
+    &[Allowed { name: "ioctl", nr: libc::SYS_ioctl, arg1: &[KVM_RUN, KVM_GET_REGS] }];
+
+/// The VMM thread once the vCPUs run, besides [`RUNTIME`]: wait, kick the
+/// vCPU threads (pthread_kill is getpid + tgkill), tear down.
+pub const VMM_ONLY: &[Allowed] = &[
+    allow("clock_nanosleep", libc::SYS_clock_nanosleep),
+    allow("nanosleep", libc::SYS_nanosleep),
+    allow("getpid", libc::SYS_getpid),
+    allow("tgkill", libc::SYS_tgkill),
+];
+
+/// A vCPU thread's whole list.
+pub fn vcpu() -> Vec<&'static Allowed> {
+    VCPU_ONLY.iter().chain(RUNTIME).collect()
+}
+
+/// The VMM thread's whole list.
+pub fn vmm() -> Vec<&'static Allowed> {
+    VMM_ONLY.iter().chain(RUNTIME).collect()
+}
