@@ -32,6 +32,30 @@ pub enum Command {
     /// Drive the VMM directly: boot a kernel, or make the null guest.
     #[command(subcommand)]
     Vmm(VmmCommand),
+    /// Measure, side by side.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+/// `twinbox bench ...`
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// The monitors' floor: the null guest in twinbox's VMM, QEMU microvm and
+    /// Firecracker, interleaved; time to marker, time to exit, peak RSS.
+    Floor {
+        /// Measured runs per subject.
+        #[arg(long, default_value_t = 20)]
+        runs: usize,
+        /// Warm-up runs per subject, discarded.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// A firecracker binary to include.
+        #[arg(long, value_name = "PATH")]
+        firecracker: Option<PathBuf>,
+        /// Also write every sample as JSON here.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+    },
 }
 
 /// `twinbox vmm ...`
@@ -63,6 +87,9 @@ pub enum VmmCommand {
         /// Run without the seccomp filters (to debug the VMM itself).
         #[arg(long)]
         no_seccomp: bool,
+        /// Give the guest a legacy i8254 PIT.
+        #[arg(long)]
+        pit: bool,
     },
     /// List the syscalls each VMM thread may make (its seccomp allow-list).
     Seccomp,

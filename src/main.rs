@@ -6,6 +6,7 @@
 mod cli;
 mod commands;
 mod size;
+mod subjects;
 mod workload;
 
 use std::process::ExitCode;
@@ -48,5 +49,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }),
         Command::Kernel(cmd) => commands::kernel::run(cmd).map(|()| 0),
         Command::Vmm(cmd) => commands::vmm::run(cmd),
+        Command::Bench(cmd) => commands::bench::run(cmd).map(|()| 0),
     }
 }

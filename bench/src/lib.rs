@@ -2,9 +2,19 @@
 //!
 //! It drives *subjects* (twinbox's VM and container backends, native
 //! execution, and the anchors found on the machine: crun, runc, runsc, QEMU
-//! microvm, Firecracker) through one trait, runs scenarios (startup, memory,
-//! isolation, workload speed) with subjects interleaved so machine drift
-//! cancels, and owns the statistics and the reports (JSON, Markdown, HTML
-//! with SVG charts). It knows nothing of how a box is made.
+//! microvm, Firecracker) through one trait, runs them interleaved (A B C A B
+//! C ...) so that machine drift cancels, and owns the statistics and the
+//! reports. It knows nothing of how a box is made: a subject is a command to
+//! spawn and a marker to wait for.
 //!
-//! Empty for now: it is built in the benchmark issue.
+//! Today: [`subject`], [`sample`] (one timed run of a process), [`runner`]
+//! (interleaved runs with warm-up), [`stats`], [`report`] (Markdown).
+
+pub mod report;
+pub mod runner;
+pub mod sample;
+pub mod stats;
+pub mod subject;
+
+pub use runner::{run_interleaved, Plan, SubjectResult};
+pub use subject::Subject;

@@ -1,5 +1,6 @@
 //! One module per top-level command.
 
+pub mod bench;
 pub mod doctor;
 pub mod image;
 pub mod kernel;

@@ -51,6 +51,7 @@ pub fn run(cmd: VmmCommand) -> Result<u8> {
             timeout,
             json,
             no_seccomp,
+            pit,
         } => {
             // The null guest is written to a temp file that lives for the run.
             let tmp = tempfile::tempdir()?;
@@ -67,6 +68,7 @@ pub fn run(cmd: VmmCommand) -> Result<u8> {
             c.memory = size::parse(&memory).context("--memory")?;
             c.vcpus = cpus;
             c.seccomp = !no_seccomp;
+            c.pit = pit;
             c.timeout = timeout
                 .map(|t| humantime::parse_duration(&t))
                 .transpose()

@@ -58,13 +58,24 @@ pub fn code(program: Program) -> Vec<u8> {
     c
 }
 
-/// A 64-bit x86 ELF executable of `program`, one loadable segment at
-/// [`LOAD_ADDR`].
+/// Offset of the code in the ELF file.
+const CODE_OFFSET: u64 = 0x100;
+
+/// A 64-bit x86 ELF executable of `program`: one loadable segment at
+/// [`LOAD_ADDR`], and a PVH note (`XEN_ELFNOTE_PHYS32_ENTRY`) naming the
+/// same address as the 32-bit entry, which is how QEMU boots an ELF kernel.
 pub fn elf(program: Program) -> Vec<u8> {
-    const EHDR: usize = 64;
-    const PHDR: usize = 56;
-    const CODE_OFFSET: u64 = 0x80;
+    const EHDR: u64 = 64;
+    const PHDR: u64 = 56;
+    const NOTE_OFFSET: u64 = EHDR + 2 * PHDR;
     let code = code(program);
+    let mut note = Vec::new();
+    note.extend_from_slice(&4u32.to_le_bytes()); // namesz
+    note.extend_from_slice(&4u32.to_le_bytes()); // descsz
+    note.extend_from_slice(&18u32.to_le_bytes()); // XEN_ELFNOTE_PHYS32_ENTRY
+    note.extend_from_slice(b"Xen\0");
+    note.extend_from_slice(&(LOAD_ADDR as u32).to_le_bytes());
+
     let mut f = Vec::with_capacity(CODE_OFFSET as usize + code.len());
     // ELF header.
     f.extend_from_slice(b"\x7fELF");
@@ -74,22 +85,27 @@ pub fn elf(program: Program) -> Vec<u8> {
     f.extend_from_slice(&0x3eu16.to_le_bytes()); // EM_X86_64
     f.extend_from_slice(&1u32.to_le_bytes());
     f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
-    f.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    f.extend_from_slice(&EHDR.to_le_bytes()); // e_phoff
     f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
     f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
     f.extend_from_slice(&(EHDR as u16).to_le_bytes());
     f.extend_from_slice(&(PHDR as u16).to_le_bytes());
-    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    f.extend_from_slice(&2u16.to_le_bytes()); // e_phnum
     f.extend_from_slice(&[0u8; 6]); // e_shentsize, e_shnum, e_shstrndx
-                                    // Program header: PT_LOAD, R+X.
-    f.extend_from_slice(&1u32.to_le_bytes());
-    f.extend_from_slice(&5u32.to_le_bytes());
-    f.extend_from_slice(&CODE_OFFSET.to_le_bytes());
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
-    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr
-    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
-    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
-    f.extend_from_slice(&16u64.to_le_bytes());
+    let phdr =
+        |f: &mut Vec<u8>, kind: u32, flags: u32, offset: u64, addr: u64, size: u64, align: u64| {
+            f.extend_from_slice(&kind.to_le_bytes());
+            f.extend_from_slice(&flags.to_le_bytes());
+            f.extend_from_slice(&offset.to_le_bytes());
+            f.extend_from_slice(&addr.to_le_bytes()); // p_vaddr
+            f.extend_from_slice(&addr.to_le_bytes()); // p_paddr
+            f.extend_from_slice(&size.to_le_bytes()); // p_filesz
+            f.extend_from_slice(&size.to_le_bytes()); // p_memsz
+            f.extend_from_slice(&align.to_le_bytes());
+        };
+    phdr(&mut f, 1, 5, CODE_OFFSET, LOAD_ADDR, code.len() as u64, 16); // PT_LOAD, R+X
+    phdr(&mut f, 4, 4, NOTE_OFFSET, 0, note.len() as u64, 4); // PT_NOTE
+    f.extend_from_slice(&note);
     f.resize(CODE_OFFSET as usize, 0);
     f.extend_from_slice(&code);
     f
@@ -109,7 +125,13 @@ mod tests {
             LOAD_ADDR
         );
         let code = code(Program::Exit(7));
-        assert_eq!(&f[0x80..], &code[..]);
+        assert_eq!(&f[CODE_OFFSET as usize..], &code[..]);
+        // The PVH note names the load address.
+        let note_at = f.windows(4).position(|w| w == b"Xen\0").unwrap_or(0);
+        assert_eq!(
+            &f[note_at + 4..note_at + 8],
+            &(LOAD_ADDR as u32).to_le_bytes()
+        );
         // The exit code is in the `mov eax` immediate.
         assert!(code.windows(5).any(|w| w == [0xb8, 7, 0, 0, 0]));
     }

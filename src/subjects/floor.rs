@@ -1,0 +1,164 @@
+//! The monitors' floor: the null guest (no Linux) booted by twinbox's VMM,
+//! QEMU's microvm machine and Firecracker, all with 1 vCPU and 128 MiB.
+//! What is left is the cost of the monitor itself: process start, VM
+//! creation, memory, vCPU start, the exits of the guest's port writes, and
+//! tear-down.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use twinbox_bench::Subject;
+use twinbox_vmm::hypervisor::{self, Kind};
+use twinbox_vmm::null_guest::MARKER;
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(program))
+            .find(|p| p.is_file())
+    })
+}
+
+/// twinbox's own VMM (`twinbox vmm boot`).
+pub struct TwinboxVmm {
+    /// The twinbox binary.
+    pub exe: PathBuf,
+    /// The null guest ELF.
+    pub kernel: PathBuf,
+}
+
+impl Subject for TwinboxVmm {
+    fn name(&self) -> String {
+        "twinbox-vmm".into()
+    }
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.args(["vmm", "boot", "-m", "128m", "--cpus", "1"])
+            .arg(&self.kernel);
+        c
+    }
+    fn marker(&self) -> Option<String> {
+        Some(MARKER.into())
+    }
+}
+
+/// QEMU's microvm machine, with only a serial port and the debug-exit device
+/// on the null guest's exit port.
+pub struct QemuMicrovm {
+    /// qemu-system-x86_64, if found.
+    pub qemu: Option<PathBuf>,
+    /// The null guest ELF (with its PVH note).
+    pub kernel: PathBuf,
+}
+
+impl QemuMicrovm {
+    /// Finds qemu-system-x86_64 on PATH.
+    pub fn find(kernel: &Path) -> Self {
+        Self {
+            qemu: on_path("qemu-system-x86_64"),
+            kernel: kernel.to_path_buf(),
+        }
+    }
+
+    /// The CPU model: `host` on hardware KVM; on PVM, QEMU 7.2 aborts
+    /// setting the MSRs of `-cpu host`, and `qemu64` works.
+    pub fn cpu_model() -> &'static str {
+        match hypervisor::detect_kind() {
+            Kind::Pvm { .. } => "qemu64",
+            _ => "host",
+        }
+    }
+}
+
+impl Subject for QemuMicrovm {
+    fn name(&self) -> String {
+        "qemu-microvm".into()
+    }
+    fn unavailable(&self) -> Option<String> {
+        self.qemu
+            .is_none()
+            .then(|| "qemu-system-x86_64 not found (apt-get install qemu-system-x86)".into())
+    }
+    fn command(&self) -> Command {
+        let mut c = Command::new(
+            self.qemu
+                .as_deref()
+                .unwrap_or(Path::new("qemu-system-x86_64")),
+        );
+        c.args([
+            "-M",
+            "microvm,x-option-roms=off,pit=off,pic=off,rtc=off,isa-serial=on",
+            "-enable-kvm",
+            "-cpu",
+            Self::cpu_model(),
+            "-m",
+            "128m",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-nographic",
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-no-reboot",
+            "-device",
+            "isa-debug-exit,iobase=0x501,iosize=1",
+            "-kernel",
+        ])
+        .arg(&self.kernel);
+        c
+    }
+    fn marker(&self) -> Option<String> {
+        Some(MARKER.into())
+    }
+    /// isa-debug-exit exits with `(value << 1) | 1`; the null guest writes 0.
+    fn expected_status(&self) -> i32 {
+        1
+    }
+}
+
+/// Firecracker, when given with `--firecracker PATH` (never installed by
+/// twinbox).
+pub struct Firecracker {
+    /// The firecracker binary.
+    pub exe: Option<PathBuf>,
+    /// Its config file (boot source: the null guest; 1 vCPU, 128 MiB).
+    pub config: PathBuf,
+}
+
+impl Firecracker {
+    /// Writes the config for `kernel` into `dir`.
+    pub fn new(exe: Option<PathBuf>, kernel: &Path, dir: &Path) -> std::io::Result<Self> {
+        let config = dir.join("firecracker.json");
+        let json = serde_json::json!({
+            "boot-source": {"kernel_image_path": kernel, "boot_args": ""},
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
+        });
+        std::fs::write(&config, json.to_string())?;
+        Ok(Self { exe, config })
+    }
+}
+
+impl Subject for Firecracker {
+    fn name(&self) -> String {
+        "firecracker".into()
+    }
+    fn unavailable(&self) -> Option<String> {
+        match &self.exe {
+            None => Some("not given (--firecracker PATH)".into()),
+            Some(p) if !p.is_file() => Some(format!("{} does not exist", p.display())),
+            Some(_) => None,
+        }
+    }
+    fn command(&self) -> Command {
+        let mut c = Command::new(self.exe.as_deref().unwrap_or(Path::new("firecracker")));
+        c.args(["--no-api", "--level", "Error", "--config-file"])
+            .arg(&self.config);
+        c
+    }
+    fn marker(&self) -> Option<String> {
+        Some(MARKER.into())
+    }
+}
