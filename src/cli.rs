@@ -66,9 +66,9 @@ pub enum VmmCommand {
     Boot {
         /// The kernel; `null` boots the built-in null guest.
         kernel: String,
-        /// Initial ramdisk.
+        /// Initial ramdisk (repeat to concatenate several archives).
         #[arg(long)]
-        initrd: Option<PathBuf>,
+        initrd: Vec<PathBuf>,
         /// Kernel command line.
         #[arg(long, default_value = "")]
         cmdline: String,
@@ -189,6 +189,9 @@ pub struct RunArgs {
     /// Print the resolved workload as JSON instead of running it.
     #[arg(long)]
     pub dry_run: bool,
+    /// Show the guest kernel's messages (VM mode).
+    #[arg(long)]
+    pub debug: bool,
     /// The image.
     pub image: String,
     /// The command and its arguments (default: the image's).

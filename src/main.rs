@@ -3,6 +3,7 @@
 //! twinbox's own errors (including a bad command line), otherwise the
 //! workload's own code.
 
+mod backends;
 mod cli;
 mod commands;
 mod size;

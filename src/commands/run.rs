@@ -1,11 +1,12 @@
-//! `twinbox run`: resolve and validate the workload, then hand it to a
-//! backend. No backend runs workloads yet: the VM comes with the microVM
-//! issue, the container with the container issue.
+//! `twinbox run`: resolve and validate the workload, then hand it to its
+//! backend. The container backend comes with the container issue.
 
 use anyhow::{bail, Result};
 use twinbox_images::Store;
 
-use crate::cli::RunArgs;
+use crate::backends::vm::VmBackend;
+use crate::backends::Backend;
+use crate::cli::{Isolation, RunArgs};
 use crate::workload;
 
 /// Runs `twinbox run`; returns the workload's exit code.
@@ -15,9 +16,14 @@ pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
         println!("{}", serde_json::to_string_pretty(&w)?);
         return Ok(0);
     }
-    bail!(
-        "the {:?} backend is not implemented yet: `run` only resolves and validates the workload \
-         for now (see --dry-run)",
-        w.isolation
-    )
+    match w.isolation {
+        Isolation::Vm => {
+            let code = VmBackend { debug: args.debug }.run(&w)?;
+            Ok(code as u8)
+        }
+        Isolation::Container => bail!(
+            "the container backend is not implemented yet: `run --isolation container` only \
+             resolves and validates the workload for now (see --dry-run)"
+        ),
+    }
 }

@@ -42,8 +42,9 @@ pub const MAX_VCPUS: u32 = 254;
 pub struct VmConfig {
     /// Kernel: an ELF (vmlinux, or any 64-bit ELF) or a bzImage.
     pub kernel: PathBuf,
-    /// Initial ramdisk.
-    pub initrd: Option<PathBuf>,
+    /// Initial ramdisk, in parts placed back to back (each padded to 512
+    /// bytes): the kernel unpacks concatenated cpio archives in order.
+    pub initrd: Vec<PathBuf>,
     /// Kernel command line.
     pub cmdline: String,
     /// vCPUs.
@@ -67,7 +68,7 @@ impl VmConfig {
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
         Self {
             kernel: kernel.into(),
-            initrd: None,
+            initrd: Vec::new(),
             cmdline: String::new(),
             vcpus: 1,
             memory: 128 << 20,

@@ -127,34 +127,48 @@ fn read_up_to(f: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(n)
 }
 
-/// Loads the initrd at the top of low memory (page-aligned, below the MMIO
-/// gap and above the kernel); returns `(address, size)`.
+/// Alignment of each initrd part.
+const INITRD_PART_ALIGN: u64 = 512;
+
+/// Loads the initrd parts back to back at the top of low memory
+/// (page-aligned, below the MMIO gap and above the kernel); returns
+/// `(address, total size)`.
 pub fn initrd(
     mem: &GuestMemoryMmap,
-    path: &Path,
+    parts: &[PathBuf],
     ram_low_end: u64,
     kernel_end: u64,
 ) -> Result<(u64, u64), Error> {
-    let mut f = open(path)?;
-    let size = f
-        .metadata()
-        .map_err(|source| Error::Open {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
-    let top = ram_low_end.min(MMIO_GAP_START);
+    let mut files = Vec::with_capacity(parts.len());
+    let mut total: u64 = 0;
+    for path in parts {
+        let f = open(path)?;
+        let size = f
+            .metadata()
+            .map_err(|source| Error::Open {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
+        total = total.saturating_add(size.div_ceil(INITRD_PART_ALIGN) * INITRD_PART_ALIGN);
+        files.push((path, f, size));
+    }
     let too_big = || Error::InitrdTooBig {
-        path: path.to_path_buf(),
-        size,
+        path: parts.first().cloned().unwrap_or_default(),
+        size: total,
     };
-    let addr = top.checked_sub(size).ok_or_else(too_big)? & !0xfff;
-    if addr < kernel_end.max(HIMEM_START) || size > u32::MAX as u64 {
+    let top = ram_low_end.min(MMIO_GAP_START);
+    let addr = top.checked_sub(total).ok_or_else(too_big)? & !0xfff;
+    if addr < kernel_end.max(HIMEM_START) || total > u64::from(u32::MAX) {
         return Err(too_big());
     }
-    mem.read_exact_volatile_from(GuestAddress(addr), &mut f, size as usize)
-        .map_err(|_| Error::Initrd(path.to_path_buf()))?;
-    Ok((addr, size))
+    let mut at = addr;
+    for (path, mut f, size) in files {
+        mem.read_exact_volatile_from(GuestAddress(at), &mut f, size as usize)
+            .map_err(|_| Error::Initrd(path.to_path_buf()))?;
+        at += size.div_ceil(INITRD_PART_ALIGN) * INITRD_PART_ALIGN;
+    }
+    Ok((addr, total))
 }
 
 /// Writes the command line; returns its length with the NUL.
@@ -166,4 +180,31 @@ pub fn cmdline(mem: &GuestMemoryMmap, text: &str) -> Result<usize, Error> {
     }
     load_cmdline(mem, GuestAddress(CMDLINE), &c).map_err(|e| Error::Cmdline(e.to_string()))?;
     Ok(text.len() + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initrd_parts_go_back_to_back_at_the_top() -> Result<(), Box<dyn std::error::Error>> {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 << 20)])?;
+        let dir = tempfile::tempdir()?;
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::write(&a, vec![0xaa; 1000])?;
+        std::fs::write(&b, vec![0xbb; 10])?;
+        let (addr, size) = initrd(&mem, &[a.clone(), b.clone()], 16 << 20, 2 << 20)?;
+        assert_eq!(size, 1024 + 512);
+        assert_eq!(addr % 4096, 0);
+        assert!(addr + size <= 16 << 20);
+        let mut buf = [0u8; 10];
+        mem.read_slice(&mut buf, GuestAddress(addr + 1024))?;
+        assert_eq!(buf, [0xbb; 10]);
+        mem.read_slice(&mut buf, GuestAddress(addr))?;
+        assert_eq!(buf, [0xaa; 10]);
+        // Too big to fit above the kernel.
+        let e = initrd(&mem, &[a], 16 << 20, 16 << 20);
+        assert!(matches!(e, Err(Error::InitrdTooBig { .. })));
+        Ok(())
+    }
 }

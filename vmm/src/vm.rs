@@ -20,12 +20,12 @@ use kvm_ioctls::Kvm;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::arch::{boot_params, layout, mptable, regs};
+use crate::arch::{boot_params, cpuid, layout, mptable, regs};
 use crate::config::{self, VmConfig};
 use crate::devices::ports::Mark;
 use crate::devices::{serial::Console, Devices};
 use crate::event::Event;
-use crate::{loader, memory, vcpu};
+use crate::{hypervisor, loader, memory, vcpu};
 
 /// Errors of building or running a VM. A guest that misbehaves is not an
 /// error: that is a [`StopReason`].
@@ -186,9 +186,9 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
     let regions = layout::ram_regions(size);
     let low_end = regions.first().map(|r| r.0 + r.1).unwrap_or(0);
     let loaded = loader::kernel(&mem, &config.kernel)?;
-    let initrd = match &config.initrd {
-        Some(p) => Some(loader::initrd(&mem, p, low_end, loaded.end)?),
-        None => None,
+    let initrd = match config.initrd.is_empty() {
+        true => None,
+        false => Some(loader::initrd(&mem, &config.initrd, low_end, loaded.end)?),
     };
     let cmdline_len = loader::cmdline(&mem, &config.cmdline)?;
     boot_params::write(&mem, loaded.header, cmdline_len, initrd, &regions)
@@ -207,9 +207,12 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
         tx.clone(),
         t0,
     ));
-    let supported = kvm
+    let mut supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
+    if let hypervisor::Kind::Pvm { .. } = hypervisor::detect_kind() {
+        cpuid::hide_for_pvm(&mut supported);
+    }
     let vcpus = (0..config.vcpus)
         .map(|i| vcpu::create(&vm, &supported, i, config.vcpus, loaded.entry))
         .collect::<Result<Vec<_>, _>>()?;

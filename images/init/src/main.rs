@@ -1,0 +1,208 @@
+//! twinbox-init: PID 1 of twinbox's Linux guests, a small static binary.
+//!
+//! It mounts /proc, /sys, /dev (devtmpfs), /dev/pts and /dev/shm, reads the
+//! workload spec packed beside it (`/.twinbox/spec.json`), sets the
+//! hostname, writes boot timer mark 1 (init started) and mark 2 (workload
+//! about to start), runs the workload with stdin on /dev/null and
+//! stdout/stderr on the console, reaps every zombie while it runs, and
+//! reports the workload's status (128 + N for death by signal N; 127 when the
+//! program is not found, 126 when it cannot be executed, 125 when init itself
+//! fails) on the VMM's exit port, then powers off. No shell, no busybox.
+
+mod port;
+mod spec;
+
+use std::ffi::CString;
+
+use spec::Spec;
+
+/// Init's own failure, as Docker reports a runtime error.
+const EXIT_INIT_FAILED: i32 = 125;
+
+fn main() {
+    port::enable();
+    port::mark(port::MARK_INIT);
+    let code = match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("twinbox-init: {e}");
+            EXIT_INIT_FAILED
+        }
+    };
+    power_off(code)
+}
+
+fn cstr(s: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{s:?} contains a NUL byte"))
+}
+
+fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &str) {
+    let _ = std::fs::create_dir_all(target);
+    let (Ok(s), Ok(t), Ok(f), Ok(d)) = (cstr(source), cstr(target), cstr(fstype), cstr(data))
+    else {
+        return;
+    };
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    // A failure (already mounted, not supported) leaves the guest usable.
+    unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) };
+}
+
+fn run() -> Result<i32, String> {
+    let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    mount("proc", "/proc", "proc", nodev, "");
+    mount("sysfs", "/sys", "sysfs", nodev, "");
+    mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
+    mount(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        libc::MS_NOSUID | libc::MS_NOEXEC,
+        "gid=5,mode=0620,ptmxmode=0666",
+    );
+    mount("tmpfs", "/dev/shm", "tmpfs", nodev, "mode=1777");
+
+    let text = std::fs::read(spec::PATH).map_err(|e| format!("reading {}: {e}", spec::PATH))?;
+    let spec = Spec::parse(&text)?;
+    if !spec.hostname.is_empty() {
+        // SAFETY: the pointer and length describe the hostname's bytes.
+        unsafe { libc::sethostname(spec.hostname.as_ptr().cast(), spec.hostname.len()) };
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    let (uid, gid) = spec::resolve_user(&spec.user, &passwd)?;
+
+    // Everything the child needs is prepared before fork.
+    let argv: Vec<CString> = spec
+        .argv
+        .iter()
+        .map(|a| cstr(a))
+        .collect::<Result<_, _>>()?;
+    let envp: Vec<CString> = spec.env.iter().map(|e| cstr(e)).collect::<Result<_, _>>()?;
+    let candidates: Vec<CString> = if spec.argv[0].contains('/') {
+        vec![argv[0].clone()]
+    } else {
+        spec.path_var()
+            .split(':')
+            .filter(|d| !d.is_empty())
+            .map(|d| cstr(&format!("{d}/{}", spec.argv[0])))
+            .collect::<Result<_, _>>()?
+    };
+    let cwd = cstr(if spec.cwd.is_empty() { "/" } else { &spec.cwd })?;
+    let null = cstr("/dev/null")?;
+
+    // SAFETY: init is single-threaded, so the child may do anything after fork.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(format!("fork: {}", std::io::Error::last_os_error()));
+    }
+    if pid == 0 {
+        child(
+            &argv,
+            &envp,
+            &candidates,
+            &cwd,
+            &null,
+            uid,
+            gid,
+            &spec.argv[0],
+        );
+    }
+    Ok(wait_for(pid))
+}
+
+/// In the child: stdin, directory, identity, then exec. Never returns.
+#[allow(clippy::too_many_arguments)]
+fn child(
+    argv: &[CString],
+    envp: &[CString],
+    candidates: &[CString],
+    cwd: &CString,
+    null: &CString,
+    uid: u32,
+    gid: u32,
+    name: &str,
+) -> ! {
+    let fail = |code: i32, what: String| -> ! {
+        eprintln!("twinbox-init: {what}");
+        // SAFETY: ending the child without running init's exit path.
+        unsafe { libc::_exit(code) }
+    };
+    // SAFETY: plain system calls on valid, NUL-terminated arguments.
+    unsafe {
+        let fd = libc::open(null.as_ptr(), libc::O_RDONLY);
+        if fd >= 0 {
+            libc::dup2(fd, 0);
+            libc::close(fd);
+        }
+        libc::setsid();
+        if libc::chdir(cwd.as_ptr()) != 0 {
+            fail(
+                EXIT_INIT_FAILED,
+                format!("cannot enter {cwd:?}: {}", std::io::Error::last_os_error()),
+            );
+        }
+        if libc::setgroups(0, std::ptr::null()) != 0
+            || libc::setgid(gid) != 0
+            || libc::setuid(uid) != 0
+        {
+            fail(
+                EXIT_INIT_FAILED,
+                format!(
+                    "cannot become {uid}:{gid}: {}",
+                    std::io::Error::last_os_error()
+                ),
+            );
+        }
+    }
+    port::mark(port::MARK_WORKLOAD);
+    port::disable();
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    let mut denied = false;
+    for path in candidates {
+        // SAFETY: NULL-terminated arrays of valid C strings that outlive the call.
+        unsafe { libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::EACCES) {
+            denied = true;
+        }
+    }
+    if denied {
+        fail(126, format!("cannot execute {name}: permission denied"))
+    }
+    fail(127, format!("{name}: command not found"))
+}
+
+/// Reaps every child until the workload ends; returns its exit code.
+fn wait_for(workload: libc::pid_t) -> i32 {
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid with a valid out-pointer.
+        let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+        if pid == workload {
+            return if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status)
+            } else {
+                128 + libc::WTERMSIG(status)
+            };
+        }
+        if pid < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return EXIT_INIT_FAILED;
+        }
+    }
+}
+
+/// Reports `code` to the VMM and stops the machine.
+fn power_off(code: i32) -> ! {
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    port::exit(code as u32);
+    // A VMM without the exit port: reset (with reboot=k, through the
+    // keyboard controller, which every VMM here turns into a stop).
+    // SAFETY: PID 1 may reboot; this does not return on success.
+    unsafe { libc::reboot(libc::RB_AUTOBOOT) };
+    loop {
+        // SAFETY: waiting for the end; pause has no preconditions.
+        unsafe { libc::pause() };
+    }
+}

@@ -1,0 +1,198 @@
+//! VM mode: the workload in a microVM booted by twinbox's own VMM.
+//!
+//! The guest's initramfs is two archives back to back: the image's rootfs
+//! (packed once per content hash, cached) and a small per-run archive with
+//! our init (`/.twinbox/init`, static), the workload spec
+//! (`/.twinbox/spec.json`) and `/dev/console`. The kernel is the one our
+//! recipe built (its uncompressed vmlinux when present: no decompression),
+//! else Debian's fallback. Init reports the workload's status through the
+//! VMM's exit port.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use twinbox_images::initramfs::{self, Newc};
+use twinbox_images::kernel;
+use twinbox_vmm::{vm, StopReason, VmConfig};
+
+use super::Backend;
+use crate::workload::Workload;
+
+/// Guest memory when the workload sets none.
+pub const DEFAULT_MEMORY: u64 = 256 << 20;
+
+/// The spec init reads (its `spec.rs` has the same fields).
+#[derive(serde::Serialize)]
+struct Spec<'a> {
+    argv: &'a [String],
+    env: &'a [String],
+    cwd: &'a str,
+    user: &'a str,
+    hostname: &'a str,
+}
+
+/// The VM backend.
+pub struct VmBackend {
+    /// Show the guest kernel's messages.
+    pub debug: bool,
+}
+
+/// Finds the static guest init: `$TWINBOX_INIT`, beside the twinbox binary,
+/// or where `scripts/bootstrap` builds it.
+pub fn find_init() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("TWINBOX_INIT") {
+        return Ok(p.into());
+    }
+    let exe = std::env::current_exe().context("finding the twinbox binary")?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let candidates = [
+        dir.join("twinbox-init"),
+        dir.join("../x86_64-unknown-linux-gnu/release/twinbox-init"),
+        dir.join("../../x86_64-unknown-linux-gnu/release/twinbox-init"),
+    ];
+    candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .context("the guest init (twinbox-init) is not built: run scripts/bootstrap")
+}
+
+/// True if the ELF file at `path` asks for a program interpreter (is
+/// dynamically linked): such an init cannot run in an initramfs.
+pub fn is_dynamic(path: &Path) -> Result<bool> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |o: usize| {
+        data.get(o..o + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    if data.get(..5) != Some(b"\x7fELF\x02") {
+        bail!("{} is not a 64-bit ELF", path.display());
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(32), u16_at(54), u16_at(56)) else {
+        bail!("{} is a truncated ELF", path.display());
+    };
+    const PT_INTERP: u32 = 3;
+    Ok((0..phnum as usize).any(|i| {
+        let at = phoff as usize + i * phentsize as usize;
+        data.get(at..at + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            == Some(PT_INTERP)
+    }))
+}
+
+/// Writes the per-run archive: init, spec, /dev/console.
+fn run_archive(out: &Path, init: &Path, spec: &[u8]) -> Result<()> {
+    let mut init_file = File::open(init).with_context(|| format!("opening {}", init.display()))?;
+    let init_len = u32::try_from(init_file.metadata()?.len()).context("init is too large")?;
+    let mut cpio = Newc::new(BufWriter::new(File::create(out)?));
+    cpio.dir(b".twinbox", 0o700, 0, 0)?;
+    cpio.file(b".twinbox/init", 0o755, 0, 0, init_len, &mut init_file)?;
+    let spec_len = u32::try_from(spec.len()).context("spec is too large")?;
+    cpio.file(b".twinbox/spec.json", 0o600, 0, 0, spec_len, &mut &spec[..])?;
+    cpio.dir(b"dev", 0o755, 0, 0)?;
+    const S_IFCHR: u32 = 0o020000;
+    cpio.node(b"dev/console", S_IFCHR | 0o600, 0, 0, (5, 1))?;
+    cpio.finish()?.flush()?;
+    Ok(())
+}
+
+/// The kernel command line for a workload run.
+pub fn cmdline(debug: bool) -> String {
+    let mut c = String::from("console=ttyS0 reboot=k panic=-1 rdinit=/.twinbox/init");
+    if !debug {
+        c.push_str(" quiet loglevel=1");
+    }
+    c
+}
+
+impl Backend for VmBackend {
+    fn run(&self, w: &Workload) -> Result<i32> {
+        let kernel = kernel::find().context("no guest kernel: run `twinbox kernel build`")?;
+        let kernel_path = kernel.vmlinux().unwrap_or_else(|| kernel.bzimage());
+        let init = find_init()?;
+        if is_dynamic(&init)? {
+            bail!("{} is dynamically linked; the guest needs a static init (scripts/bootstrap builds one)", init.display());
+        }
+        let image = initramfs::build(&w.rootfs, initramfs::Compression::None)
+            .with_context(|| format!("packing {} into an initramfs", w.image))?;
+        let spec = serde_json::to_vec(&Spec {
+            argv: &w.argv,
+            env: &w.env,
+            cwd: &w.cwd,
+            user: &w.user,
+            hostname: "twinbox",
+        })?;
+        let scratch = tempfile::tempdir()?;
+        let run_cpio = scratch.path().join("run.cpio");
+        run_archive(&run_cpio, &init, &spec)?;
+
+        let mut c = VmConfig::new(kernel_path);
+        c.initrd = vec![image, run_cpio];
+        c.cmdline = cmdline(self.debug);
+        c.memory = w.limits.memory.unwrap_or(DEFAULT_MEMORY);
+        c.vcpus = w.limits.cpus.map_or(1, |n| n as u32);
+        c.timeout = w.limits.timeout;
+        let o = vm::run(&c, Box::new(std::io::stdout()))?;
+        match o.reason {
+            StopReason::Exited(code) => Ok(code & 0xff),
+            StopReason::TimedOut(t) => {
+                eprintln!(
+                    "twinbox: the VM was stopped after --timeout {}",
+                    humantime::format_duration(t)
+                );
+                Ok(137)
+            }
+            other => bail!(
+                "the VM stopped without the workload's status: {other:?}; last console output:\n{}",
+                o.console_tail
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamic_and_static_elves_are_told_apart() -> Result<()> {
+        // This test binary is dynamically linked (it has PT_INTERP).
+        assert!(is_dynamic(&std::env::current_exe()?)?);
+        // The null guest has no interpreter.
+        let dir = tempfile::tempdir()?;
+        let p = dir.path().join("null");
+        std::fs::write(
+            &p,
+            twinbox_vmm::null_guest::elf(twinbox_vmm::null_guest::Program::Exit(0)),
+        )?;
+        assert!(!is_dynamic(&p)?);
+        std::fs::write(&p, b"not an elf")?;
+        assert!(is_dynamic(&p).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn the_run_archive_holds_init_spec_and_console() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let init = dir.path().join("init");
+        std::fs::write(&init, b"\x7fELF fake init")?;
+        let out = dir.path().join("run.cpio");
+        run_archive(&out, &init, br#"{"argv":["true"]}"#)?;
+        let listing = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("cpio -itv < {}", out.display()))
+            .output()?;
+        let text = String::from_utf8_lossy(&listing.stdout);
+        assert!(text.contains(".twinbox/init"), "{text}");
+        assert!(text.contains(".twinbox/spec.json"), "{text}");
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with('c') && l.contains("dev/console")),
+            "{text}"
+        );
+        Ok(())
+    }
+}
