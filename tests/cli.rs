@@ -146,8 +146,8 @@ fn run_refuses_bad_limits_and_unknown_images_with_125() -> TestResult {
             stderr(&out)
         );
     }
-    // Valid, but no backend runs workloads yet: said plainly, exit 125.
-    let out = env.run(&["run", "app:1"]);
+    // Valid, but the container backend does not exist yet: said plainly, exit 125.
+    let out = env.run(&["run", "--isolation", "container", "app:1"]);
     assert_eq!(code(&out), 125);
     assert!(
         stderr(&out).contains("not implemented yet"),

@@ -3,7 +3,7 @@
 //! into the cache under a key that hashes all of those inputs.
 //!
 //! ```text
-//! <cache>/kernel/src-<version>/linux-source-6.1/   extracted source, shared
+//! <cache>/kernel/src-<version>-<patches>/linux-source-6.1/   patched source, shared
 //! <cache>/kernel/<key>/{bzImage,vmlinux,config,System.map,build.json}
 //! <cache>/kernel/debian-<version>/{bzImage,build.json}   the fallback
 //! ```
@@ -67,8 +67,12 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 pub const SOURCE_PACKAGE: &str = "linux-source-6.1";
 /// Our config fragment.
 pub const FRAGMENT: &str = include_str!("../kernel/twinbox.config");
-/// Our patches, applied in order with `patch -p1` (name, text).
-pub const PATCHES: &[(&str, &str)] = &[];
+/// Our patches, applied in order with `patch -p1` (name, text). Each says
+/// at its top what it is for.
+pub const PATCHES: &[(&str, &str)] = &[(
+    "0001-x86-alternatives-no_int3_selftest.patch",
+    include_str!("../kernel/patches/0001-x86-alternatives-no_int3_selftest.patch"),
+)];
 /// Bumped when the build steps change in a way that changes the result.
 const RECIPE_VERSION: u32 = 1;
 
@@ -263,15 +267,28 @@ fn write_info(dir: &Path, info: &BuildInfo) -> Result<()> {
     crate::fsutil::write_synced(&p, &json).map_err(io_err(&p))
 }
 
-/// Extracts the source tarball once per version; returns the tree.
+/// A hash of our patches: the extracted (and patched) source is shared by
+/// every build with the same source version and patches.
+fn patches_hash() -> String {
+    let mut h = Sha256::new();
+    for (name, text) in PATCHES {
+        h.update(name);
+        h.update(text);
+    }
+    hex::encode(&h.finalize()[..4])
+}
+
+/// Extracts the source tarball and applies our patches, once per source
+/// version and patch set; returns the tree.
 fn extract_source(source: &Source, cache: &Path, pb: &ProgressBar) -> Result<PathBuf> {
-    let dir = cache.join(format!("src-{}", source.version));
+    let dir = cache.join(format!("src-{}-{}", source.version, patches_hash()));
     let tree = dir.join(SOURCE_PACKAGE);
     if tree.join("Makefile").exists() {
         return Ok(tree);
     }
     pb.set_message(format!("extracting {}", source.tarball.display()));
     let tmp = cache.join(crate::cache::tmp_name(&format!("src-{}", source.version)));
+    let tmp_tree = tmp.join(SOURCE_PACKAGE);
     fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
     let r = command::run(
         Command::new("tar")
@@ -286,11 +303,12 @@ fn extract_source(source: &Source, cache: &Path, pb: &ProgressBar) -> Result<Pat
             pb.set_message(format!("applying {name}"));
             let p = tmp.join(name);
             fs::write(&p, text).map_err(io_err(&p))?;
+            // --batch: never ask; a patch that does not apply fails the build.
             command::run(
                 Command::new("patch")
-                    .args(["-p1", "-i"])
+                    .args(["-p1", "--batch", "--forward", "-i"])
                     .arg(&p)
-                    .current_dir(tmp.join(SOURCE_PACKAGE)),
+                    .current_dir(&tmp_tree),
             )?;
         }
         let _ = fs::remove_dir_all(&dir);

@@ -3,9 +3,9 @@
 //! The guest's initramfs is two archives back to back: the image's rootfs
 //! (packed once per content hash, cached) and a small per-run archive with
 //! our init (`/.twinbox/init`, static), the workload spec
-//! (`/.twinbox/spec.json`) and `/dev/console`. The kernel is the one our
-//! recipe built (its uncompressed vmlinux when present: no decompression),
-//! else Debian's fallback. Init reports the workload's status through the
+//! (`/.twinbox/spec.json`) and `/dev/console`. The kernel is
+//! `$TWINBOX_KERNEL` if set, else the one our recipe built (its uncompressed
+//! vmlinux when present: no decompression), else Debian's fallback. Init reports the workload's status through the
 //! VMM's exit port.
 
 use std::fs::File;
@@ -110,8 +110,13 @@ pub fn cmdline(debug: bool) -> String {
 
 impl Backend for VmBackend {
     fn run(&self, w: &Workload) -> Result<i32> {
-        let kernel = kernel::find().context("no guest kernel: run `twinbox kernel build`")?;
-        let kernel_path = kernel.vmlinux().unwrap_or_else(|| kernel.bzimage());
+        let kernel_path = match std::env::var_os("TWINBOX_KERNEL") {
+            Some(p) => PathBuf::from(p),
+            None => {
+                let k = kernel::find().context("no guest kernel: run `twinbox kernel build`")?;
+                k.vmlinux().unwrap_or_else(|| k.bzimage())
+            }
+        };
         let init = find_init()?;
         if is_dynamic(&init)? {
             bail!("{} is dynamically linked; the guest needs a static init (scripts/bootstrap builds one)", init.display());

@@ -56,7 +56,9 @@ pub struct VmConfig {
     /// Install the seccomp filters (on unless debugging the VMM itself).
     pub seccomp: bool,
     /// Give the guest a legacy i8254 PIT (in-kernel). Off by default: a
-    /// Linux guest with kvm-clock and the LAPIC timer does not need it, and
+    /// Linux guest with kvm-clock and the LAPIC timer does not need it (as a
+    /// KVM guest it also skips the IO-APIC timer check: `no_timer_check` is
+    /// set in arch/x86/kernel/kvm.c), and
     /// KVM frees it with a full SRCU grace period (`kvm_pit_set_reinject`),
     /// which cost 15-24 ms per VM at exit on the PVM host where this was
     /// measured. QEMU's microvm machine has the same switch (`pit=off`).

@@ -44,6 +44,22 @@ impl fmt::Display for Kind {
     }
 }
 
+impl Kind {
+    /// Kernel command-line arguments a Linux guest needs on this hypervisor
+    /// (empty on hardware KVM). On PVM:
+    /// - `noxsave`: the guest's FPU setup (`xrstor64`) ends the VM with an
+    ///   emulation failure, and PVM reports XSAVE in CPUID whatever the VMM
+    ///   sets, so only the kernel's own switch turns it off.
+    /// - `no_int3_selftest` (a patch of twinbox's guest kernel; other kernels
+    ///   ignore it): the alternatives INT3 self-test ends the VM the same way.
+    pub fn guest_cmdline(self) -> &'static str {
+        match self {
+            Self::Pvm { .. } => "noxsave no_int3_selftest",
+            _ => "",
+        }
+    }
+}
+
 /// Detects the hypervisor kind from the loaded kernel modules.
 pub fn detect_kind() -> Kind {
     detect_kind_in(Path::new("/sys/module"))

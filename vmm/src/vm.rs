@@ -190,7 +190,13 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
         true => None,
         false => Some(loader::initrd(&mem, &config.initrd, low_end, loaded.end)?),
     };
-    let cmdline_len = loader::cmdline(&mem, &config.cmdline)?;
+    let kind = hypervisor::detect_kind();
+    let cmdline = match (config.cmdline.is_empty(), kind.guest_cmdline()) {
+        (_, "") => config.cmdline.clone(),
+        (true, extra) => extra.to_string(),
+        (false, extra) => format!("{} {extra}", config.cmdline),
+    };
+    let cmdline_len = loader::cmdline(&mem, &cmdline)?;
     boot_params::write(&mem, loaded.header, cmdline_len, initrd, &regions)
         .map_err(|e| Error::Boot(e.to_string()))?;
     mptable::write(&mem, config.vcpus).map_err(|e| Error::Boot(e.to_string()))?;
@@ -210,7 +216,7 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
     let mut supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
-    if let hypervisor::Kind::Pvm { .. } = hypervisor::detect_kind() {
+    if let hypervisor::Kind::Pvm { .. } = kind {
         cpuid::hide_for_pvm(&mut supported);
     }
     let vcpus = (0..config.vcpus)

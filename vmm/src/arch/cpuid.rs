@@ -72,10 +72,6 @@ pub fn fix_for_vcpu(cpuid: &mut CpuId, index: u32, count: u32) {
 
 /// CPUID leaf 1 ECX: CMPXCHG16B.
 const CX16: u32 = 1 << 13;
-/// CPUID leaf 1 ECX: XSAVE, OSXSAVE, and what needs XSAVE state (AVX, FMA, F16C).
-const XSAVE_AND_DEPENDENTS: u32 = (1 << 26) | (1 << 27) | (1 << 28) | (1 << 12) | (1 << 29);
-/// CPUID leaf 7 EBX: AVX2 and AVX-512 Foundation, which need XSAVE state.
-const LEAF7_AVX: u32 = (1 << 5) | (1 << 16);
 
 /// Adjustments for PVM, the software hypervisor: features whose
 /// instructions its emulator cannot handle in a guest kernel are hidden.
@@ -84,15 +80,15 @@ const LEAF7_AVX: u32 = (1 << 5) | (1 << 16);
 ///   CX16 is present; under PVM it ended the VM with
 ///   KVM_EXIT_INTERNAL_ERROR (emulation failure, `lock cmpxchg16b
 ///   [rbp+0x20]`) 12 s into boot. Without CX16, SLUB takes its locked path.
-/// - XSAVE: the FPU setup's `xrstor64 [rdi]` failed to emulate the same way
-///   13 s into boot. Without XSAVE the kernel uses FXSAVE/FXRSTOR; AVX and
-///   the rest of what lives in XSAVE state are hidden with it.
+///
+/// XSAVE cannot be hidden this way: a guest on PVM reads CPUID.1:ECX.XSAVE
+/// as set whatever the VMM gives KVM (tested with a guest that executes
+/// `cpuid`). The kernel's `noxsave` switch does it instead; see
+/// [`crate::hypervisor::Kind::guest_cmdline`].
 pub fn hide_for_pvm(cpuid: &mut CpuId) {
     for e in cpuid.as_mut_slice() {
-        match e.function {
-            0x1 => e.ecx &= !(CX16 | XSAVE_AND_DEPENDENTS),
-            0x7 if e.index == 0 => e.ebx &= !LEAF7_AVX,
-            _ => {}
+        if e.function == 0x1 {
+            e.ecx &= !CX16;
         }
     }
 }
@@ -132,31 +128,18 @@ mod tests {
     }
 
     #[test]
-    fn pvm_hides_cx16_xsave_and_avx() -> Result<(), vmm_sys_util::fam::Error> {
-        let entries = [
-            kvm_cpuid_entry2 {
-                function: 1,
-                ecx: u32::MAX,
-                edx: 7,
-                ..Default::default()
-            },
-            kvm_cpuid_entry2 {
-                function: 7,
-                index: 0,
-                ebx: u32::MAX,
-                ..Default::default()
-            },
-        ];
+    fn pvm_hides_cx16_only() -> Result<(), vmm_sys_util::fam::Error> {
+        let entries = [kvm_cpuid_entry2 {
+            function: 1,
+            ecx: u32::MAX,
+            edx: 7,
+            ..Default::default()
+        }];
         let mut c = CpuId::from_entries(&entries)?;
         hide_for_pvm(&mut c);
         let e = c.as_slice();
-        assert_eq!(e[0].ecx & CX16, 0);
-        assert_eq!(e[0].ecx & (1 << 26), 0, "XSAVE");
-        assert_eq!(e[0].ecx & (1 << 28), 0, "AVX");
-        assert_ne!(e[0].ecx & 1, 0, "SSE3 untouched");
+        assert_eq!(e[0].ecx, !CX16);
         assert_eq!(e[0].edx, 7);
-        assert_eq!(e[1].ebx & LEAF7_AVX, 0);
-        assert_ne!(e[1].ebx & 1, 0);
         Ok(())
     }
 }
