@@ -52,9 +52,13 @@ impl Kind {
     ///   sets, so only the kernel's own switch turns it off.
     /// - `no_int3_selftest` (a patch of twinbox's guest kernel; other kernels
     ///   ignore it): the alternatives INT3 self-test ends the VM the same way.
+    /// - `clearcpuid=popcnt,smap`: `__bitmap_weight`, patched by the
+    ///   alternatives to `popcnt`, failed to emulate 15 s into boot, and so
+    ///   did `clac` (SMAP) in the exception entry code next; PVM reports both
+    ///   in CPUID whatever the VMM sets, like XSAVE.
     pub fn guest_cmdline(self) -> &'static str {
         match self {
-            Self::Pvm { .. } => "noxsave no_int3_selftest",
+            Self::Pvm { .. } => "noxsave no_int3_selftest clearcpuid=popcnt,smap",
             _ => "",
         }
     }

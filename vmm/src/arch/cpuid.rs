@@ -81,9 +81,9 @@ const CX16: u32 = 1 << 13;
 ///   KVM_EXIT_INTERNAL_ERROR (emulation failure, `lock cmpxchg16b
 ///   [rbp+0x20]`) 12 s into boot. Without CX16, SLUB takes its locked path.
 ///
-/// XSAVE cannot be hidden this way: a guest on PVM reads CPUID.1:ECX.XSAVE
-/// as set whatever the VMM gives KVM (tested with a guest that executes
-/// `cpuid`). The kernel's `noxsave` switch does it instead; see
+/// XSAVE and POPCNT cannot be hidden this way: a guest on PVM reads them as
+/// set whatever the VMM gives KVM (tested with a guest that executes
+/// `cpuid`). The kernel's own switches do it instead; see
 /// [`crate::hypervisor::Kind::guest_cmdline`].
 pub fn hide_for_pvm(cpuid: &mut CpuId) {
     for e in cpuid.as_mut_slice() {
@@ -128,7 +128,7 @@ mod tests {
     }
 
     #[test]
-    fn pvm_hides_cx16_only() -> Result<(), vmm_sys_util::fam::Error> {
+    fn pvm_hides_cx16() -> Result<(), vmm_sys_util::fam::Error> {
         let entries = [kvm_cpuid_entry2 {
             function: 1,
             ecx: u32::MAX,
