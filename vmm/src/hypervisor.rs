@@ -56,9 +56,14 @@ impl Kind {
     ///   alternatives to `popcnt`, failed to emulate 15 s into boot, and so
     ///   did `clac` (SMAP) in the exception entry code next; PVM reports both
     ///   in CPUID whatever the VMM sets, like XSAVE.
+    /// - `lapic=notscdeadline`: with the TSC-deadline timer the boot stalled
+    ///   for minutes after the i8042 probe, timer interrupts arriving late;
+    ///   PVM's own guides boot their guests with this.
     pub fn guest_cmdline(self) -> &'static str {
         match self {
-            Self::Pvm { .. } => "noxsave no_int3_selftest clearcpuid=popcnt,smap",
+            Self::Pvm { .. } => {
+                "noxsave no_int3_selftest clearcpuid=popcnt,smap lapic=notscdeadline"
+            }
             _ => "",
         }
     }
