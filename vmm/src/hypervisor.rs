@@ -56,14 +56,13 @@ impl Kind {
     ///   alternatives to `popcnt`, failed to emulate 15 s into boot, and so
     ///   did `clac` (SMAP) in the exception entry code next; PVM reports both
     ///   in CPUID whatever the VMM sets, like XSAVE.
-    /// - `lapic=notscdeadline`: with the TSC-deadline timer the boot stalled
-    ///   for minutes after the i8042 probe, timer interrupts arriving late;
-    ///   PVM's own guides boot their guests with this.
+    ///
+    /// Not `lapic=notscdeadline`, which PVM's own guides use: without a PIT
+    /// the LAPIC timer cannot be calibrated then ("APIC timer disabled due to
+    /// verification failure") and guest time stops.
     pub fn guest_cmdline(self) -> &'static str {
         match self {
-            Self::Pvm { .. } => {
-                "noxsave no_int3_selftest clearcpuid=popcnt,smap lapic=notscdeadline"
-            }
+            Self::Pvm { .. } => "noxsave no_int3_selftest clearcpuid=popcnt,smap",
             _ => "",
         }
     }
