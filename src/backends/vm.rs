@@ -99,11 +99,16 @@ fn run_archive(out: &Path, init: &Path, spec: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The kernel command line for a workload run.
+/// The kernel command line for a workload run; `$TWINBOX_KERNEL_ARGS` is
+/// appended (to debug a guest: `initcall_debug`, ...).
 pub fn cmdline(debug: bool) -> String {
     let mut c = String::from("console=ttyS0 reboot=k panic=-1 rdinit=/.twinbox/init");
     if !debug {
         c.push_str(" quiet loglevel=1");
+    }
+    if let Some(extra) = std::env::var("TWINBOX_KERNEL_ARGS").ok().filter(|e| !e.is_empty()) {
+        c.push(' ');
+        c.push_str(&extra);
     }
     c
 }
