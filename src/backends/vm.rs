@@ -106,7 +106,10 @@ pub fn cmdline(debug: bool) -> String {
     if !debug {
         c.push_str(" quiet loglevel=1");
     }
-    if let Some(extra) = std::env::var("TWINBOX_KERNEL_ARGS").ok().filter(|e| !e.is_empty()) {
+    if let Some(extra) = std::env::var("TWINBOX_KERNEL_ARGS")
+        .ok()
+        .filter(|e| !e.is_empty())
+    {
         c.push(' ');
         c.push_str(&extra);
     }

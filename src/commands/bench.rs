@@ -34,13 +34,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 warmup,
                 timeout: Duration::from_secs(30),
             };
-            let pb = super::bytes_bar("bench floor");
-            pb.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{prefix} [{elapsed}] {bar:30} {pos}/{len} {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
+            let pb = super::count_bar("bench floor");
             let results = run_interleaved(&subjects, &plan, &pb);
             pb.finish_and_clear();
             println!(

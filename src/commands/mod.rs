@@ -31,3 +31,14 @@ pub fn bytes_bar(prefix: &str) -> ProgressBar {
     pb.set_prefix(prefix.to_string());
     pb
 }
+
+/// A progress bar counting steps (runs, items) on stderr.
+pub fn count_bar(prefix: &str) -> ProgressBar {
+    let pb = ProgressBar::new(0);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix} [{elapsed}] {bar:30} {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    pb.set_prefix(prefix.to_string());
+    pb
+}
