@@ -66,7 +66,7 @@ pub fn run(store: &Store) -> bool {
             );
             let v = if matches!(p.kind, hypervisor::Kind::Pvm { .. }) { Verdict::Warn } else { Verdict::Ok };
             let note = if matches!(p.kind, hypervisor::Kind::Pvm { .. }) {
-                " -- Linux guests boot very slowly here until the guest kernel is tuned for PVM"
+                " -- Linux guests boot slowly here and their user space cannot make system calls yet (README)"
             } else {
                 ""
             };
