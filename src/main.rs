@@ -6,6 +6,7 @@
 mod backends;
 mod cli;
 mod commands;
+mod host;
 mod size;
 mod subjects;
 mod workload;

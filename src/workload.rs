@@ -59,6 +59,8 @@ pub struct Workload {
     pub isolation: Isolation,
     /// The image name.
     pub image: String,
+    /// The image id (names its content: the packed rootfs is cached under it).
+    pub image_id: String,
     /// Host path of the image's rootfs.
     pub rootfs: std::path::PathBuf,
     /// The program and its arguments.
@@ -204,6 +206,7 @@ pub fn resolve(store: &Store, args: &RunArgs) -> Result<Workload, Error> {
     Ok(Workload {
         isolation: args.isolation,
         image: image.meta.name.clone(),
+        image_id: image.meta.id.clone(),
         rootfs: image.rootfs(),
         argv,
         env: merge_env(&c.env, &args.env)?,

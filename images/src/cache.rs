@@ -59,3 +59,28 @@ pub fn collect_stale(dir: &std::path::Path) {
         }
     }
 }
+
+/// The entry `<cache>/<kind>/<name>`, made first with `make(temporary path)`
+/// if it is not there: written beside it and published with one rename, the
+/// temporary removed if `make` fails. `io` turns an I/O error on a path into
+/// the caller's error.
+pub fn produce<E>(
+    kind: &str,
+    name: &str,
+    make: impl FnOnce(&std::path::Path) -> Result<(), E>,
+    io: impl Fn(&std::path::Path, std::io::Error) -> E,
+) -> Result<PathBuf, E> {
+    let dir = dir().join(kind);
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    let dest = dir.join(name);
+    if dest.exists() {
+        return Ok(dest);
+    }
+    collect_stale(&dir);
+    let tmp = dir.join(tmp_name(name));
+    let r = make(&tmp).and_then(|()| crate::fsutil::publish(&tmp, &dest).map_err(|e| io(&dest, e)));
+    if r.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    r.map(|()| dest)
+}

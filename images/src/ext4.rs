@@ -81,26 +81,17 @@ fn uuid(hash: &str) -> String {
 
 /// Builds the image of `root` into the cache (once per content) and returns it.
 pub fn build(root: &Path) -> Result<PathBuf> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
+    let io_err = |path: &Path, source| Error::Io {
+        path: path.to_path_buf(),
+        source,
     };
-    let hash = crate::walk::content_hash(root).map_err(io_err(root))?;
-    let dir = crate::cache::dir().join("ext4");
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let name = format!("{}.ext4", &hash[..32]);
-    let dest = dir.join(&name);
-    if dest.exists() {
-        return Ok(dest);
-    }
-    crate::cache::collect_stale(&dir);
-    let tmp = dir.join(crate::cache::tmp_name(&name));
-    let r = make(root, &hash, &tmp)
-        .and_then(|()| crate::fsutil::publish(&tmp, &dest).map_err(io_err(&dest)));
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r.map(|()| dest)
+    let hash = crate::walk::content_hash(root).map_err(|e| io_err(root, e))?;
+    crate::cache::produce(
+        "ext4",
+        &format!("{}.ext4", &hash[..32]),
+        |tmp| make(root, &hash, tmp),
+        io_err,
+    )
 }
 
 fn make(root: &Path, hash: &str, out: &Path) -> Result<()> {

@@ -12,7 +12,9 @@
 //! The kernel accepts several archives one after another, so a VM can get
 //! this cached image plus a small per-run archive (init, workload spec).
 
-use std::fs::{self, File};
+use std::fs::File;
+
+use sha2::Digest as _;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
@@ -224,39 +226,41 @@ pub fn write(root: &Path, compression: Compression, out: impl Write) -> Result<(
     }
 }
 
-/// Packs `root` into the cache (once per content hash) and returns the path.
-pub fn build(root: &Path, compression: Compression) -> Result<PathBuf> {
-    let io_err = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io { path, source }
+/// Packs `root` into the cache and returns the path. The entry is named by
+/// `key` when the caller has one that names the rootfs's content (an image
+/// id: then the rootfs is not read to find a cached archive), else by the
+/// rootfs's content hash.
+pub fn build(root: &Path, compression: Compression, key: Option<&str>) -> Result<PathBuf> {
+    let io_err = |path: &Path, source| Error::Io {
+        path: path.to_path_buf(),
+        source,
     };
-    let hash = crate::walk::content_hash(root).map_err(io_err(root))?;
+    let stem = match key {
+        Some(k) => format!(
+            "id-{}",
+            &hex::encode(sha2::Sha256::digest(k.as_bytes()))[..32]
+        ),
+        None => crate::walk::content_hash(root).map_err(|e| io_err(root, e))?[..32].to_string(),
+    };
     let ext = match compression {
         Compression::None => "cpio",
         Compression::Gzip => "cpio.gz",
     };
-    let dir = crate::cache::dir().join("initramfs");
-    fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-    let name = format!("{}.{ext}", &hash[..32]);
-    let dest = dir.join(&name);
-    if dest.exists() {
-        return Ok(dest);
-    }
-    crate::cache::collect_stale(&dir);
-    let tmp = dir.join(crate::cache::tmp_name(&name));
-    let r = File::create(&tmp)
-        .map_err(io_err(&tmp))
-        .and_then(|f| write(root, compression, BufWriter::new(f)))
-        .and_then(|()| crate::fsutil::publish(&tmp, &dest).map_err(io_err(&dest)));
-    if r.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    r.map(|()| dest)
+    crate::cache::produce(
+        "initramfs",
+        &format!("{stem}.{ext}"),
+        |tmp| {
+            let f = File::create(tmp).map_err(|e| io_err(tmp, e))?;
+            write(root, compression, BufWriter::new(f))
+        },
+        io_err,
+    )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::{symlink, PermissionsExt};
     use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! VM mode: the workload in a microVM booted by twinbox's own VMM.
 //!
 //! The guest's initramfs is two archives back to back: the image's rootfs
-//! (packed once per content hash, cached) and a small per-run archive with
+//! (packed once per image id, cached) and a small per-run archive with
 //! our init (`/.twinbox/init`, static), the workload spec
 //! (`/.twinbox/spec.json`) and `/dev/console`. The kernel is
 //! `$TWINBOX_KERNEL` if set, else the one our recipe built (its uncompressed
@@ -129,7 +129,7 @@ impl Backend for VmBackend {
         if is_dynamic(&init)? {
             bail!("{} is dynamically linked; the guest needs a static init (scripts/bootstrap builds one)", init.display());
         }
-        let image = initramfs::build(&w.rootfs, initramfs::Compression::None)
+        let image = initramfs::build(&w.rootfs, initramfs::Compression::None, Some(&w.image_id))
             .with_context(|| format!("packing {} into an initramfs", w.image))?;
         let spec = serde_json::to_vec(&Spec {
             argv: &w.argv,

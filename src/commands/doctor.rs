@@ -7,6 +7,7 @@ use twinbox_container::{cgroups, namespaces};
 use twinbox_images::{base, kernel, Reference, Store};
 use twinbox_vmm::hypervisor;
 
+use crate::host::on_path;
 use crate::size;
 
 /// The verdict of one check.
@@ -37,12 +38,6 @@ impl Report {
             println!("       {:<18} fix: {f}", "");
         }
     }
-}
-
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false)
 }
 
 /// Runs the checks; returns true when nothing failed.
@@ -199,7 +194,11 @@ pub fn run(store: &Store) -> bool {
         ("bison", "bison"),
         ("bc", "bc"),
     ];
-    let absent: Vec<(&str, &str)> = tools.iter().copied().filter(|(t, _)| !on_path(t)).collect();
+    let absent: Vec<(&str, &str)> = tools
+        .iter()
+        .copied()
+        .filter(|(t, _)| on_path(t).is_none())
+        .collect();
     if absent.is_empty() {
         r.line(
             Verdict::Ok,

@@ -21,24 +21,25 @@ pub fn spinner(prefix: &str) -> ProgressBar {
     pb
 }
 
-/// A byte progress bar on stderr.
-pub fn bytes_bar(prefix: &str) -> ProgressBar {
+/// A progress bar on stderr with `template` (indicatif's syntax).
+fn bar(prefix: &str, template: &str) -> ProgressBar {
     let pb = ProgressBar::new(0);
     pb.set_style(
-        ProgressStyle::with_template("{prefix} [{elapsed}] {bar:30} {bytes}/{total_bytes} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     pb.set_prefix(prefix.to_string());
     pb
 }
 
+/// A byte progress bar on stderr.
+pub fn bytes_bar(prefix: &str) -> ProgressBar {
+    bar(
+        prefix,
+        "{prefix} [{elapsed}] {bar:30} {bytes}/{total_bytes} {msg}",
+    )
+}
+
 /// A progress bar counting steps (runs, items) on stderr.
 pub fn count_bar(prefix: &str) -> ProgressBar {
-    let pb = ProgressBar::new(0);
-    pb.set_style(
-        ProgressStyle::with_template("{prefix} [{elapsed}] {bar:30} {pos}/{len} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    pb.set_prefix(prefix.to_string());
-    pb
+    bar(prefix, "{prefix} [{elapsed}] {bar:30} {pos}/{len} {msg}")
 }

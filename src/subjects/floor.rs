@@ -11,13 +11,7 @@ use twinbox_bench::Subject;
 use twinbox_vmm::hypervisor::{self, Kind};
 use twinbox_vmm::null_guest::MARKER;
 
-fn on_path(program: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(program))
-            .find(|p| p.is_file())
-    })
-}
+use crate::host::on_path;
 
 /// twinbox's own VMM (`twinbox vmm boot`).
 pub struct TwinboxVmm {
