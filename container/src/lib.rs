@@ -1,12 +1,29 @@
 //! twinbox-container: a namespace + cgroup container launcher, as a library.
 //!
-//! It takes a `ContainerConfig` (rootfs, argv, env, limits, namespaces) and
-//! runs it to an exit status, leaving nothing behind. It knows nothing of VMs,
+//! It takes a [`ContainerConfig`] (rootfs, argv, env, user, limits) and runs
+//! it to an [`Outcome`], leaving nothing behind. It knows nothing of VMs,
 //! images or benchmarks.
 //!
-//! Today it holds what the host offers a launcher: [`namespaces`] (which
-//! kinds can be created here) and [`cgroups::layout`] (v1, v2 or hybrid).
-//! The launcher itself comes with the container issue.
+//! One module per concern: [`config`], [`namespaces`], [`rootfs`] (overlay,
+//! pivot_root), [`mounts`] (kernel file systems, masked paths),
+//! [`devices`] (/dev), [`cgroups`] (v1, v2, hybrid), [`caps`],
+//! [`seccomp`], [`user`] (who the workload runs as), [`idmap`] (user
+//! namespace maps), [`network`] (loopback), [`child`] (the box's side from
+//! clone to execve) and [`run`] (the launcher's side).
 
+pub mod caps;
 pub mod cgroups;
+pub mod child;
+pub mod config;
+pub mod devices;
+pub mod idmap;
+pub mod mounts;
 pub mod namespaces;
+pub mod network;
+pub mod rootfs;
+pub mod run;
+pub mod seccomp;
+pub mod user;
+
+pub use config::{ContainerConfig, Limits};
+pub use run::{run, Ending, Exit, Outcome};
