@@ -1,0 +1,128 @@
+//! twinbox-probe: the isolation probe. The same static binary runs inside
+//! both kinds of box and prints one JSON object with what it can see (host
+//! name, processes, mounts, network interfaces, memory, CPUs, kernel) and
+//! what it can do (capabilities, seccomp, and a list of system calls a box
+//! should not get, each tried with harmless arguments). The host side
+//! compares the reports; the probe judges nothing itself.
+//!
+//! `twinbox-probe` prints the report; `twinbox-probe syscalls` prints only
+//! the system-call results.
+
+mod syscalls;
+
+use serde_json::{json, Map, Value};
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+fn status_field(key: &str) -> Option<String> {
+    read("/proc/self/status")
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
+
+fn meminfo_kib(key: &str) -> Option<u64> {
+    read("/proc/meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+fn uname() -> (String, String) {
+    // SAFETY: utsname is plain data; uname fills the struct we own.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return (String::new(), String::new());
+    }
+    let s = |f: &[libc::c_char]| {
+        let b: Vec<u8> = f
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        String::from_utf8_lossy(&b).into_owned()
+    };
+    (s(&u.nodename), s(&u.release))
+}
+
+fn pids() -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_unstable();
+    v
+}
+
+fn interfaces() -> Vec<String> {
+    read("/proc/net/dev")
+        .lines()
+        .skip(2)
+        .filter_map(|l| Some(l.split(':').next()?.trim().to_string()))
+        .collect()
+}
+
+fn cpus_allowed() -> usize {
+    // SAFETY: cpu_set_t is plain data; the call fills the one we own.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above, with its exact size.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return 0;
+    }
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads the set we own within its size.
+        .filter(|&i| unsafe { libc::CPU_ISSET(i, &set) })
+        .count()
+}
+
+fn exes() -> Vec<String> {
+    pids()
+        .iter()
+        .filter_map(|p| std::fs::read_link(format!("/proc/{p}/exe")).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
+}
+
+fn report() -> Value {
+    let (hostname, release) = uname();
+    let mounts = read("/proc/self/mountinfo");
+    let mut m = Map::new();
+    m.insert("hostname".into(), json!(hostname));
+    m.insert("kernel".into(), json!(release));
+    m.insert("pid".into(), json!(std::process::id()));
+    m.insert("pids_visible".into(), json!(pids()));
+    m.insert("exes_visible".into(), json!(exes()));
+    // SAFETY: getuid and getgid take no arguments.
+    m.insert("uid".into(), json!(unsafe { libc::getuid() }));
+    m.insert("cap_eff".into(), json!(status_field("CapEff")));
+    m.insert("cap_bnd".into(), json!(status_field("CapBnd")));
+    m.insert("seccomp".into(), json!(status_field("Seccomp")));
+    m.insert("no_new_privs".into(), json!(status_field("NoNewPrivs")));
+    m.insert("uid_map".into(), json!(read("/proc/self/uid_map").trim()));
+    m.insert("mounts".into(), json!(mounts.lines().count()));
+    m.insert("interfaces".into(), json!(interfaces()));
+    m.insert("mem_total_kib".into(), json!(meminfo_kib("MemTotal")));
+    m.insert("cpus_allowed".into(), json!(cpus_allowed()));
+    m.insert(
+        "cpus_online".into(),
+        json!(read("/sys/devices/system/cpu/online").trim()),
+    );
+    m.insert("syscalls".into(), syscalls::all());
+    Value::Object(m)
+}
+
+fn main() {
+    let arg = std::env::args().nth(1);
+    let v = match arg.as_deref() {
+        Some("syscalls") => syscalls::all(),
+        _ => report(),
+    };
+    println!("{v}");
+}
