@@ -180,6 +180,18 @@ pub struct RunArgs {
     /// CPUs (a whole number for VMs; a fraction is allowed for containers).
     #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
+    /// Working directory inside the box (default: the image's, else /).
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User inside the box: uid[:gid] or name[:group] (default: the image's).
+    #[arg(short, long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Most processes and threads alive at once in the box (containers).
+    #[arg(long, value_name = "N")]
+    pub pids_limit: Option<u64>,
+    /// Also a user namespace: root in the box is you outside (containers).
+    #[arg(long)]
+    pub userns: bool,
     /// Set an environment variable (KEY=VALUE, or KEY to pass the host's).
     #[arg(short, long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,

@@ -40,6 +40,8 @@ pub struct Limits {
     pub memory: Option<u64>,
     /// CPUs.
     pub cpus: Option<f64>,
+    /// Most tasks alive at once (containers only).
+    pub pids: Option<u64>,
     /// Wall-clock limit.
     #[serde(serialize_with = "ser_duration")]
     pub timeout: Option<Duration>,
@@ -162,9 +164,26 @@ pub fn limits(args: &RunArgs) -> Result<Limits, Error> {
             Some(d)
         }
     };
+    let pids = match args.pids_limit {
+        None => None,
+        Some(0) => return Err(Error::Limit("--pids-limit must be at least 1".into())),
+        Some(_) if args.isolation == Isolation::Vm => {
+            return Err(Error::Limit(
+                "--pids-limit applies to containers: a VM's processes live in its own kernel"
+                    .into(),
+            ))
+        }
+        Some(n) => Some(n),
+    };
+    if args.userns && args.isolation == Isolation::Vm {
+        return Err(Error::Limit(
+            "--userns applies to containers: a VM has no host user namespace".into(),
+        ));
+    }
     Ok(Limits {
         memory,
         cpus,
+        pids,
         timeout,
     })
 }
@@ -210,12 +229,17 @@ pub fn resolve(store: &Store, args: &RunArgs) -> Result<Workload, Error> {
         rootfs: image.rootfs(),
         argv,
         env: merge_env(&c.env, &args.env)?,
-        cwd: if c.workdir.is_empty() {
-            "/".into()
-        } else {
-            c.workdir.clone()
+        cwd: match &args.workdir {
+            Some(d) if !d.starts_with('/') => {
+                return Err(Error::Limit(format!(
+                    "--workdir {d:?}: want an absolute path"
+                )))
+            }
+            Some(d) => d.clone(),
+            None if c.workdir.is_empty() => "/".into(),
+            None => c.workdir.clone(),
         },
-        user: c.user.clone(),
+        user: args.user.clone().unwrap_or_else(|| c.user.clone()),
         limits,
     })
 }

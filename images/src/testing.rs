@@ -209,6 +209,16 @@ pub fn oci_layout_edited(
 /// Writes a classic `docker save` directory (`manifest.json`, `<hex>.json`,
 /// `<n>/layer.tar`) into `dir`.
 pub fn docker_save(dir: &Path, layers: &[Vec<u8>], repo_tag: &str) -> std::io::Result<()> {
+    docker_save_edited(dir, layers, repo_tag, &|_| {})
+}
+
+/// Like [`docker_save`], letting the test edit the image config first.
+pub fn docker_save_edited(
+    dir: &Path,
+    layers: &[Vec<u8>],
+    repo_tag: &str,
+    edit_config: &dyn Fn(&mut serde_json::Value),
+) -> std::io::Result<()> {
     fs::create_dir_all(dir)?;
     let mut paths = Vec::new();
     let mut diff_ids = Vec::new();
@@ -219,7 +229,9 @@ pub fn docker_save(dir: &Path, layers: &[Vec<u8>], repo_tag: &str) -> std::io::R
         paths.push(rel);
         diff_ids.push(Digest::sha256_of(tar).to_string());
     }
-    let config = serde_json::to_vec(&config_json(&diff_ids))?;
+    let mut config = config_json(&diff_ids);
+    edit_config(&mut config);
+    let config = serde_json::to_vec(&config)?;
     let cfg_name = format!("{}.json", Digest::sha256_of(&config).hex());
     fs::write(dir.join(&cfg_name), &config)?;
     fs::write(

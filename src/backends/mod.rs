@@ -1,6 +1,7 @@
 //! The two kinds of box behind one trait: a backend takes a [`Workload`]
 //! and runs it to an exit code.
 
+pub mod container;
 pub mod vm;
 
 use crate::workload::Workload;

@@ -1,9 +1,10 @@
 //! `twinbox run`: resolve and validate the workload, then hand it to its
-//! backend. The container backend comes with the container issue.
+//! backend.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use twinbox_images::Store;
 
+use crate::backends::container::ContainerBackend;
 use crate::backends::vm::VmBackend;
 use crate::backends::Backend;
 use crate::cli::{Isolation, RunArgs};
@@ -21,9 +22,12 @@ pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
             let code = VmBackend { debug: args.debug }.run(&w)?;
             Ok(code as u8)
         }
-        Isolation::Container => bail!(
-            "the container backend is not implemented yet: `run --isolation container` only \
-             resolves and validates the workload for now (see --dry-run)"
-        ),
+        Isolation::Container => {
+            let b = ContainerBackend {
+                scratch: store.home().join("run"),
+                user_namespace: args.userns,
+            };
+            Ok((b.run(&w)? & 0xff) as u8)
+        }
     }
 }
