@@ -56,6 +56,33 @@ pub enum BenchCommand {
         #[arg(long, value_name = "FILE")]
         json: Option<PathBuf>,
     },
+    /// The container launchers: busybox /bin/true in twinbox's launcher
+    /// (all namespaces, cgroup limits, seccomp, caps), unshare (the
+    /// namespace floor), crun and runc, interleaved; plus host memory per
+    /// idle box and where twinbox's start time goes.
+    Container(ContainerBenchArgs),
+}
+
+/// The container launchers side by side: see `twinbox bench container`.
+#[derive(Debug, Args)]
+pub struct ContainerBenchArgs {
+    /// Measured runs per subject.
+    #[arg(long, default_value_t = 100)]
+    pub runs: usize,
+    /// Warm-up runs per subject, discarded.
+    #[arg(long, default_value_t = 5)]
+    pub warmup: usize,
+    /// Idle milliseconds before each run, so the previous box's
+    /// asynchronous teardown (network namespace, RCU) does not land on the
+    /// next one.
+    #[arg(long, default_value_t = 20)]
+    pub gap_ms: u64,
+    /// The image (busybox from `twinbox image build-base`).
+    #[arg(long, default_value = "busybox")]
+    pub image: String,
+    /// Also write every sample as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// `twinbox vmm ...`

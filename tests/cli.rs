@@ -146,14 +146,23 @@ fn run_refuses_bad_limits_and_unknown_images_with_125() -> TestResult {
             stderr(&out)
         );
     }
-    // Valid, but the container backend does not exist yet: said plainly, exit 125.
-    let out = env.run(&["run", "--isolation", "container", "app:1"]);
-    assert_eq!(code(&out), 125);
-    assert!(
-        stderr(&out).contains("not implemented yet"),
-        "{}",
-        stderr(&out)
-    );
+    // Flags of one kind of box are refused for the other.
+    for (args, words) in [
+        (vec!["run", "--pids-limit", "10", "app:1"], "applies to containers"),
+        (vec!["run", "--userns", "app:1"], "applies to containers"),
+        (
+            vec!["run", "--isolation", "container", "--pids-limit", "0", "app:1"],
+            "at least 1",
+        ),
+        (
+            vec!["run", "--isolation", "container", "-w", "rel", "app:1"],
+            "absolute path",
+        ),
+    ] {
+        let out = env.run(&args);
+        assert_eq!(code(&out), 125, "{args:?}");
+        assert!(stderr(&out).contains(words), "{args:?}: {}", stderr(&out));
+    }
     Ok(())
 }
 

@@ -10,11 +10,12 @@
 //! Today: [`subject`], [`sample`] (one timed run of a process), [`runner`]
 //! (interleaved runs with warm-up), [`stats`], [`report`] (Markdown).
 
+pub mod pss;
 pub mod report;
 pub mod runner;
 pub mod sample;
 pub mod stats;
 pub mod subject;
 
-pub use runner::{run_interleaved, Plan, SubjectResult};
+pub use runner::{request_stop, run_interleaved, stop_requested, Plan, SubjectResult};
 pub use subject::Subject;

@@ -1,13 +1,31 @@
 //! Runs subjects interleaved: round after round, each subject once per
-//! round in the same order, the first rounds discarded as warm-up. Drift of
-//! the machine (other load, frequency, caches) then hits every subject alike.
+//! round, the first rounds discarded as warm-up. Drift of the machine
+//! (other load, frequency, caches) then hits every subject alike. The order
+//! rotates from round to round, so no subject always runs right after the
+//! same neighbour (a box's asynchronous teardown, such as a network
+//! namespace's cleanup or an RCU grace period, would otherwise always land
+//! on the same next subject), and an optional quiet gap separates runs.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::ProgressBar;
 
 use crate::sample::{self, Sample};
 use crate::subject::Subject;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Asks a running benchmark to stop after the run in flight (async-signal
+/// safe: a signal handler may call it).
+pub fn request_stop() {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+/// Whether a stop was asked for.
+pub fn stop_requested() -> bool {
+    STOP.load(Ordering::SeqCst)
+}
 
 /// How many runs.
 #[derive(Debug, Clone)]
@@ -18,6 +36,9 @@ pub struct Plan {
     pub warmup: usize,
     /// A run taking longer is killed and counted as a failure.
     pub timeout: Duration,
+    /// Idle time before each run, for the previous run's asynchronous
+    /// teardown to finish.
+    pub gap: Duration,
 }
 
 /// What one subject gave.
@@ -68,10 +89,19 @@ pub fn run_interleaved(
         .collect();
     let active = results.iter().filter(|r| r.unavailable.is_none()).count();
     progress.set_length(((plan.warmup + plan.runs) * active) as u64);
+    let n = subjects.len();
     for round in 0..plan.warmup + plan.runs {
-        for (subject, result) in subjects.iter().zip(results.iter_mut()) {
+        for k in 0..n {
+            let i = (round + k) % n;
+            let (subject, result) = (subjects[i], &mut results[i]);
             if result.unavailable.is_some() {
                 continue;
+            }
+            if stop_requested() {
+                return results;
+            }
+            if !plan.gap.is_zero() {
+                std::thread::sleep(plan.gap);
             }
             progress.set_message(format!("{} (round {})", result.name, round + 1));
             let marker = subject.marker();
@@ -81,7 +111,7 @@ pub fn run_interleaved(
                 continue;
             }
             match outcome {
-                Ok(s) => match judge(&s, *subject) {
+                Ok(s) => match judge(&s, subject) {
                     None => result.samples.push(s),
                     Some(why) => result.failures.push(why),
                 },

@@ -4,9 +4,11 @@
 //! have had other threads; allocating there could deadlock).
 //!
 //! Order: parent-death signal; wait for the id maps (user namespace only);
-//! private mount tree, scratch tmpfs, overlay; /proc, /sys, masked and
+//! join the v1 cgroups (itself: see `Cgroup::self_join_files`); private
+//! mount tree, scratch tmpfs, overlay; /proc, /sys, masked and
 //! read-only paths; /dev; hostname; loopback up; `pivot_root`; wait for
-//! the parent to have put it in its cgroups; a cgroup namespace; working
+//! the parent's go-ahead (on v2 it has moved the child into its group by
+//! then); a cgroup namespace; working
 //! directory; rlimits; capabilities cut to the default set; groups, gid,
 //! uid; parent-death signal again (a uid change clears it) and a check that
 //! the parent still lives; `no_new_privs`; signals back to default; the
@@ -28,6 +30,8 @@ use crate::rootfs::RootPlan;
 pub enum Stage {
     /// Waiting for the parent (it died or the pipe broke).
     Parent = 1,
+    /// Joining the cgroups.
+    Cgroup,
     /// Making the root (private tree, scratch, overlay).
     Root,
     /// Mounting /proc, /sys and the masked paths.
@@ -63,8 +67,8 @@ impl Stage {
     pub fn from_u32(n: u32) -> Option<Self> {
         use Stage::*;
         [
-            Parent, Root, Mounts, Devices, Hostname, Loopback, Pivot, CgroupNs, Cwd, Rlimits, Caps,
-            User, Prctl, Seccomp, Exec,
+            Parent, Cgroup, Root, Mounts, Devices, Hostname, Loopback, Pivot, CgroupNs, Cwd,
+            Rlimits, Caps, User, Prctl, Seccomp, Exec,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -74,6 +78,7 @@ impl Stage {
     pub fn doing(self) -> &'static str {
         match self {
             Self::Parent => "waiting for the launcher",
+            Self::Cgroup => "joining the box's cgroups",
             Self::Root => "assembling the root file system (tmpfs, overlayfs)",
             Self::Mounts => "mounting /proc and /sys",
             Self::Devices => "making /dev",
@@ -106,6 +111,8 @@ pub struct ChildPlan {
     pub hostname: CString,
     /// Bring loopback up (a network namespace is made).
     pub loopback: bool,
+    /// v1 `tasks` files to write "0" to: the child joins its groups itself.
+    pub join_cgroups: Vec<CString>,
     /// Wait for id maps before anything else (user namespace).
     pub wait_for_maps: bool,
     /// Enter a cgroup namespace after being placed.
@@ -205,6 +212,10 @@ fn steps(p: &ChildPlan) -> Result<Never, (Stage, Errno)> {
     prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)?;
     if p.wait_for_maps {
         wait_byte(p.go_read)?;
+    }
+    // Into the box's cgroups first, so everything after is accounted there.
+    for t in &p.join_cgroups {
+        crate::cgroups::join_self(t).map_err(|e| (Stage::Cgroup, e))?;
     }
     // Inherited descriptors must not reach the workload.
     // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets flags.

@@ -278,6 +278,15 @@ pub fn run(cfg: &ContainerConfig) -> Result<Outcome, Error> {
         root: root_plan,
         hostname: c(&cfg.hostname),
         loopback: true,
+        join_cgroups: cgroup
+            .as_ref()
+            .map(|cg| {
+                cg.self_join_files()
+                    .iter()
+                    .map(|p| c(&p.to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default(),
         wait_for_maps: cfg.user_namespace,
         cgroup_ns: cgroup.is_some(),
         cwd_parts,
@@ -361,7 +370,7 @@ pub fn run(cfg: &ContainerConfig) -> Result<Outcome, Error> {
         )?;
         write_byte(go_write.as_raw_fd())?;
     }
-    if let Some(cg) = &cgroup {
+    if let Some(cg) = cgroup.as_ref().filter(|cg| cg.needs_add()) {
         cg.add(pid.as_raw())?;
     }
     write_byte(go_write.as_raw_fd())?;

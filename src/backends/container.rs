@@ -39,6 +39,24 @@ impl ContainerBackend {
     }
 }
 
+/// Appends the launcher's own timings as one JSON line to `path` (set by
+/// `twinbox bench container` through `$TWINBOX_TIMINGS`, to show where a
+/// start's time goes). A failure to record is not the run's failure.
+fn record_timings(path: &std::ffi::OsStr, t: &twinbox_container::run::Timings) {
+    let us = |d: std::time::Duration| d.as_secs_f64() * 1e6;
+    let line = serde_json::json!({
+        "cgroup_create_us": us(t.cgroup_create),
+        "setup_us": us(t.setup),
+        "workload_us": us(t.workload),
+        "cleanup_us": us(t.cleanup),
+    });
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+}
+
 impl Backend for ContainerBackend {
     fn run(&self, w: &Workload) -> Result<i32> {
         std::fs::create_dir_all(&self.scratch)
@@ -51,6 +69,9 @@ impl Backend for ContainerBackend {
             }
             Err(e) => return Err(e).context("running the container"),
         };
+        if let Some(path) = std::env::var_os("TWINBOX_TIMINGS") {
+            record_timings(&path, &o.timings);
+        }
         if o.oom_kills > 0 {
             eprintln!(
                 "twinbox: the kernel's OOM killer killed {} process(es) in the box (memory limit {})",

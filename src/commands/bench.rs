@@ -10,8 +10,41 @@ use twinbox_vmm::null_guest::{self, Program};
 use crate::cli::BenchCommand;
 use crate::subjects::floor::{Firecracker, QemuMicrovm, TwinboxVmm};
 
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    twinbox_bench::request_stop();
+}
+
+/// Makes SIGINT and SIGTERM stop a benchmark after the run in flight, so
+/// its temporary files and the runtimes' state are removed on the way out.
+pub fn stop_on_signals() -> Result<()> {
+    let action = nix::sys::signal::SigAction::new(
+        nix::sys::signal::SigHandler::Handler(on_stop_signal),
+        nix::sys::signal::SaFlags::empty(),
+        nix::sys::signal::SigSet::empty(),
+    );
+    for sig in [
+        nix::sys::signal::Signal::SIGINT,
+        nix::sys::signal::Signal::SIGTERM,
+    ] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe { nix::sys::signal::sigaction(sig, &action) }?;
+    }
+    Ok(())
+}
+
+/// Fails if a stop signal came during the benchmark.
+pub fn check_stopped() -> Result<()> {
+    anyhow::ensure!(
+        !twinbox_bench::stop_requested(),
+        "interrupted: stopped after the run in flight and cleaned up"
+    );
+    Ok(())
+}
+
 /// Runs a bench command.
 pub fn run(cmd: BenchCommand) -> Result<()> {
+    stop_on_signals()?;
     match cmd {
         BenchCommand::Floor {
             runs,
@@ -33,10 +66,12 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 runs,
                 warmup,
                 timeout: Duration::from_secs(30),
+                gap: Duration::ZERO,
             };
             let pb = super::count_bar("bench floor");
             let results = run_interleaved(&subjects, &plan, &pb);
             pb.finish_and_clear();
+            check_stopped()?;
             println!(
                 "Monitor floor: null guest, 1 vCPU, 128 MiB; {runs} runs each after {warmup} warm-up, interleaved. Host: {} ({} CPUs).\n",
                 hypervisor::detect_kind(),
@@ -61,5 +96,6 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             }
             Ok(())
         }
+        BenchCommand::Container(args) => super::bench_container::run(args),
     }
 }

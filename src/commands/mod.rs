@@ -1,6 +1,7 @@
 //! One module per top-level command.
 
 pub mod bench;
+pub mod bench_container;
 pub mod doctor;
 pub mod image;
 pub mod kernel;
