@@ -148,10 +148,20 @@ fn run_refuses_bad_limits_and_unknown_images_with_125() -> TestResult {
     }
     // Flags of one kind of box are refused for the other.
     for (args, words) in [
-        (vec!["run", "--pids-limit", "10", "app:1"], "applies to containers"),
+        (
+            vec!["run", "--pids-limit", "10", "app:1"],
+            "applies to containers",
+        ),
         (vec!["run", "--userns", "app:1"], "applies to containers"),
         (
-            vec!["run", "--isolation", "container", "--pids-limit", "0", "app:1"],
+            vec![
+                "run",
+                "--isolation",
+                "container",
+                "--pids-limit",
+                "0",
+                "app:1",
+            ],
             "at least 1",
         ),
         (

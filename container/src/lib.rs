@@ -8,7 +8,7 @@
 //! pivot_root), [`mounts`] (kernel file systems, masked paths),
 //! [`devices`] (/dev), [`cgroups`] (v1, v2, hybrid), [`caps`],
 //! [`seccomp`], [`user`] (who the workload runs as), [`idmap`] (user
-//! namespace maps), [`network`] (loopback), [`child`] (the box's side from
+//! namespace maps), [`network`] (loopback), [`spawn`] (clone, into the cgroup on v2), [`child`] (the box's side from
 //! clone to execve) and [`run`] (the launcher's side).
 
 pub mod caps;
@@ -23,6 +23,7 @@ pub mod network;
 pub mod rootfs;
 pub mod run;
 pub mod seccomp;
+pub mod spawn;
 pub mod user;
 
 pub use config::{ContainerConfig, Limits};

@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 use crate::cgroups::{self, Cgroup};
 use crate::child::{self, ChildPlan, Stage};
 use crate::config::{self, ContainerConfig};
+use crate::spawn::{self, Fork};
 use crate::{caps, devices, idmap, mounts, rootfs, user};
 
 /// Errors of running a box.
@@ -337,27 +338,35 @@ pub fn run(cfg: &ContainerConfig) -> Result<Outcome, Error> {
     )
     .map_err(|e| Error::Sys("signalfd", e))?;
 
-    let t_clone = Instant::now();
-    // SAFETY: clone without CLONE_VM and without a new stack behaves as
-    // fork: the child gets a copy of this address space and runs
-    // `child::run`, which makes system calls only and never returns.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone,
-            (flags.bits() | libc::SIGCHLD) as libc::c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
-        )
+    // On v2 the child is created in its group (no move, no RCU wait).
+    let cgroup_dir = match cgroup.as_ref().filter(|cg| cg.needs_add()) {
+        Some(cg) => cg
+            .dirs()
+            .next()
+            .map(|d| {
+                nix::fcntl::open(
+                    d,
+                    nix::fcntl::OFlag::O_RDONLY
+                        | nix::fcntl::OFlag::O_DIRECTORY
+                        | nix::fcntl::OFlag::O_CLOEXEC,
+                    nix::sys::stat::Mode::empty(),
+                )
+            })
+            .transpose()
+            .map_err(|e| Error::Sys("opening the box's cgroup", e))?,
+        None => None,
     };
-    if ret < 0 {
-        return Err(Error::Sys("clone with new namespaces", Errno::last()));
-    }
-    if ret == 0 {
-        child::run(&plan);
-    }
-    let pid = Pid::from_raw(ret as i32);
+
+    let t_clone = Instant::now();
+    // SAFETY: the child runs `child::run`, which makes system calls only
+    // and never returns.
+    let fork = unsafe { spawn::clone(flags, cgroup_dir.as_ref().map(|f| f.as_raw_fd())) }
+        .map_err(|e| Error::Sys("clone with new namespaces", e))?;
+    let (pid, in_cgroup) = match fork {
+        Fork::Child => child::run(&plan),
+        Fork::Parent { pid, in_cgroup } => (Pid::from_raw(pid), in_cgroup),
+    };
+    drop(cgroup_dir);
     let mut guard = ChildGuard(Some(pid));
     drop(go_read);
     drop(err_write);
@@ -370,7 +379,7 @@ pub fn run(cfg: &ContainerConfig) -> Result<Outcome, Error> {
         )?;
         write_byte(go_write.as_raw_fd())?;
     }
-    if let Some(cg) = cgroup.as_ref().filter(|cg| cg.needs_add()) {
+    if let Some(cg) = cgroup.as_ref().filter(|cg| cg.needs_add() && !in_cgroup) {
         cg.add(pid.as_raw())?;
     }
     write_byte(go_write.as_raw_fd())?;
