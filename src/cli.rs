@@ -32,16 +32,54 @@ pub enum Command {
     /// Drive the VMM directly: boot a kernel, or make the null guest.
     #[command(subcommand)]
     Vmm(VmmCommand),
-    /// Measure, side by side.
+    /// Measure VM and container side by side: startup, memory, isolation
+    /// and workload speed, with the anchors found on this machine; writes
+    /// results.json, report.md and report.html.
+    Bench(BenchArgs),
+}
+
+/// The scenarios of `twinbox bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Start to exit of /bin/true, and the monitors' floor.
+    Startup,
+    /// Host memory per idle box, and density.
+    Memory,
+    /// What each box sees and may do; containment; attack surface.
+    Isolation,
+    /// Micro-workloads relative to native.
+    Speed,
+}
+
+/// `twinbox bench [OPTIONS] [floor|container]`
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct BenchArgs {
+    /// A focused benchmark instead of the full run.
     #[command(subcommand)]
-    Bench(BenchCommand),
+    pub cmd: Option<BenchCommand>,
+    /// Fewer runs: under a minute on a 2-core machine.
+    #[arg(long)]
+    pub quick: bool,
+    /// Only these scenarios (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub scenarios: Vec<Scenario>,
+    /// Measured startup runs per subject (default 30; --quick 5).
+    #[arg(long)]
+    pub runs: Option<usize>,
+    /// Where results go (default: results/<date>-<host>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// A firecracker binary to include in the monitor floor.
+    #[arg(long, value_name = "PATH")]
+    pub firecracker: Option<PathBuf>,
 }
 
 /// `twinbox bench ...`
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// The monitors' floor: the null guest in twinbox's VMM, QEMU microvm and
-    /// Firecracker, interleaved; time to marker, time to exit, peak RSS.
+    /// Firecracker, interleaved; time to marker, time to exit.
     Floor {
         /// Measured runs per subject.
         #[arg(long, default_value_t = 20)]
@@ -127,6 +165,10 @@ pub enum VmmCommand {
         /// Its exit status.
         #[arg(long, default_value_t = 0)]
         exit: u32,
+        /// A guest that spins forever instead (an idle VM for memory
+        /// measurements).
+        #[arg(long, conflicts_with = "exit")]
+        spin: bool,
     },
 }
 

@@ -51,6 +51,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }),
         Command::Kernel(cmd) => commands::kernel::run(cmd).map(|()| 0),
         Command::Vmm(cmd) => commands::vmm::run(cmd),
-        Command::Bench(cmd) => commands::bench::run(cmd).map(|()| 0),
+        Command::Bench(args) => commands::bench::run(args).map(|()| 0),
     }
 }

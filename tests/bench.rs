@@ -1,5 +1,6 @@
 //! End-to-end: `twinbox bench floor` runs every subject it can, reports the
-//! ones it cannot with the reason, and writes every sample as JSON.
+//! ones it cannot with the reason, and writes every sample as JSON; and
+//! `twinbox bench --quick` runs every scenario and writes its reports.
 
 mod common;
 
@@ -46,5 +47,98 @@ fn the_floor_benchmark_reports_every_subject() -> Result<(), Box<dyn std::error:
         assert!(s["to_marker"].is_object(), "marker missing: {s}");
         assert!(s["max_rss_kib"].as_u64().unwrap_or(0) > 0);
     }
+    Ok(())
+}
+
+/// `twinbox bench --quick` end to end: every scenario, native and both
+/// twinbox subjects present (measured, or reported with the reason), the
+/// three result files written, the HTML well formed with one chart per
+/// scenario, and the probe's verdicts true: a container shares the host's
+/// kernel (release and boot id), a VM (where one runs) does not.
+#[test]
+fn a_quick_full_run_measures_and_reports_every_scenario() -> Result<(), Box<dyn std::error::Error>>
+{
+    let env = Env::new();
+    let out = env.run(&["image", "build-base"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let dir = env.path().join("results");
+    let out = env.run(&["bench", "--quick", "--out", dir.to_str().ok_or("path")?]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    for f in ["results.json", "report.md", "report.html"] {
+        assert!(dir.join(f).is_file(), "{f} missing");
+    }
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("results.json"))?)?;
+    let startup = v["startup"]["subjects"].as_array().ok_or("startup")?;
+    let find = |name: &str| startup.iter().find(|s| s["name"] == name).cloned();
+    for name in ["native", "twinbox-container"] {
+        let s = find(name).ok_or(name)?;
+        assert_eq!(
+            s["samples"].as_array().map(Vec::len),
+            Some(5),
+            "{name}: {s}"
+        );
+    }
+    let vm = find("twinbox-vm").ok_or("twinbox-vm")?;
+    let vm_ran = vm["unavailable"].is_null();
+    if !vm_ran {
+        assert!(vm["unavailable"].as_str().unwrap_or("").len() > 10, "{vm}");
+    }
+
+    // The probe's verdicts against the truth the test reads itself.
+    let host_boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")?;
+    let host_release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let reports = v["isolation"]["reports"].as_array().ok_or("reports")?;
+    let report = |name: &str| reports.iter().find(|r| r[0] == name).map(|r| r[1].clone());
+    let c = report("twinbox-container").ok_or("no container report")?;
+    assert_eq!(c["boot_id"].as_str(), Some(host_boot.trim()));
+    assert_eq!(c["kernel"].as_str(), Some(host_release.trim()));
+    assert_eq!(c["pid"], 1);
+    assert_eq!(c["canary_visible"], false);
+    let h = report("host").ok_or("no host report")?;
+    assert_eq!(
+        h["canary_visible"], true,
+        "the canary must be visible on the host"
+    );
+    if let Some(vm) = report("twinbox-vm") {
+        assert_ne!(vm["boot_id"].as_str(), Some(host_boot.trim()));
+    } else {
+        assert!(!vm_ran, "the VM ran but gave no probe report");
+    }
+    let rows = v["isolation"]["rows"].as_array().ok_or("rows")?;
+    let kernel = rows
+        .iter()
+        .find(|r| r["label"] == "kernel")
+        .ok_or("kernel row")?;
+    assert_eq!(
+        kernel["cells"][1]["class"], "bad",
+        "a container shares the kernel"
+    );
+
+    // The page parses and holds one chart per scenario.
+    let html = std::fs::read_to_string(dir.join("report.html"))?;
+    let opt = roxmltree::ParsingOptions {
+        allow_dtd: true,
+        ..Default::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(&html, opt)?;
+    let charts: Vec<&str> = doc
+        .descendants()
+        .filter_map(|n| n.attribute("data-scenario"))
+        .collect();
+    for s in ["startup", "memory", "isolation", "speed"] {
+        assert_eq!(
+            charts.iter().filter(|c| **c == s).count(),
+            1,
+            "{s}: {charts:?}"
+        );
+    }
+    // Speed inside the container is measured relative to native.
+    let speed = v["speed"]["subjects"].as_array().ok_or("speed")?;
+    let ours = speed
+        .iter()
+        .find(|s| s["name"] == "twinbox-container")
+        .ok_or("speed: container")?;
+    assert!(ours["unavailable"].is_null(), "{ours}");
+    assert_eq!(ours["tests"].as_array().map(Vec::len), Some(4));
     Ok(())
 }

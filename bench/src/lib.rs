@@ -7,15 +7,22 @@
 //! reports. It knows nothing of how a box is made: a subject is a command to
 //! spawn and a marker to wait for.
 //!
-//! Today: [`subject`], [`sample`] (one timed run of a process), [`runner`]
-//! (interleaved runs with warm-up), [`stats`], [`report`] (Markdown).
+//! Modules: [`subject`] (the trait), [`sample`] (one timed run of a
+//! process), [`runner`] (interleaved runs with warm-up), [`scenarios`]
+//! (startup, memory, isolation, speed), [`pss`], [`stats`], [`results`]
+//! (everything a run found, as one serializable value), [`report`]
+//! (Markdown tables), [`html`] and [`svg`] (the self-contained page).
 
+pub mod html;
 pub mod pss;
 pub mod report;
+pub mod results;
 pub mod runner;
 pub mod sample;
+pub mod scenarios;
 pub mod stats;
 pub mod subject;
+pub mod svg;
 
 pub use runner::{request_stop, run_interleaved, stop_requested, Plan, SubjectResult};
-pub use subject::Subject;
+pub use subject::{Idle, Subject};

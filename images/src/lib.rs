@@ -15,6 +15,7 @@ pub mod cache;
 pub mod command;
 pub mod config;
 pub mod confined;
+pub mod derive;
 pub mod digest;
 pub mod ext4;
 pub mod fsutil;

@@ -39,23 +39,10 @@ pub struct VmBackend {
     pub debug: bool,
 }
 
-/// Finds the static guest init: `$TWINBOX_INIT`, beside the twinbox binary,
-/// or where `scripts/bootstrap` builds it.
+/// Finds the static guest init: `$TWINBOX_INIT`, where `scripts/bootstrap`
+/// builds it, or beside the twinbox binary.
 pub fn find_init() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("TWINBOX_INIT") {
-        return Ok(p.into());
-    }
-    let exe = std::env::current_exe().context("finding the twinbox binary")?;
-    let dir = exe.parent().unwrap_or(Path::new("."));
-    let candidates = [
-        dir.join("twinbox-init"),
-        dir.join("../x86_64-unknown-linux-gnu/release/twinbox-init"),
-        dir.join("../../x86_64-unknown-linux-gnu/release/twinbox-init"),
-    ];
-    candidates
-        .into_iter()
-        .find(|p| p.is_file())
-        .context("the guest init (twinbox-init) is not built: run scripts/bootstrap")
+    crate::host::find_static("twinbox-init", "TWINBOX_INIT")
 }
 
 /// True if the ELF file at `path` asks for a program interpreter (is

@@ -1,4 +1,6 @@
-//! `twinbox bench floor`: the monitors side by side on the null guest.
+//! `twinbox bench`: the full run (`bench_full`), or a focused one: `floor`
+//! (the monitors side by side on the null guest, here) or `container`
+//! (`bench_container`).
 
 use std::time::Duration;
 
@@ -7,7 +9,7 @@ use twinbox_bench::{report, run_interleaved, Plan, Subject};
 use twinbox_vmm::hypervisor;
 use twinbox_vmm::null_guest::{self, Program};
 
-use crate::cli::BenchCommand;
+use crate::cli::{BenchArgs, BenchCommand};
 use crate::subjects::floor::{Firecracker, QemuMicrovm, TwinboxVmm};
 
 extern "C" fn on_stop_signal(_: libc::c_int) {
@@ -43,8 +45,11 @@ pub fn check_stopped() -> Result<()> {
 }
 
 /// Runs a bench command.
-pub fn run(cmd: BenchCommand) -> Result<()> {
+pub fn run(args: BenchArgs) -> Result<()> {
     stop_on_signals()?;
+    let Some(cmd) = args.cmd else {
+        return super::bench_full::run(&args);
+    };
     match cmd {
         BenchCommand::Floor {
             runs,
@@ -58,6 +63,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             let ours = TwinboxVmm {
                 exe: std::env::current_exe().context("finding the twinbox binary")?,
                 kernel: kernel.clone(),
+                spin: None,
             };
             let qemu = QemuMicrovm::find(&kernel);
             let fc = Firecracker::new(firecracker, &kernel, dir.path())?;
@@ -87,7 +93,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             };
             print!("{}", report::startup_table(&results, baseline));
             println!(
-                "\nqemu-microvm uses -cpu {} here. Peak RSS is the monitor process's (wait4).",
+                "\nqemu-microvm uses -cpu {} here.",
                 QemuMicrovm::cpu_model()
             );
             if let Some(path) = json {

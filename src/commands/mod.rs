@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod bench_container;
+pub mod bench_full;
 pub mod doctor;
 pub mod image;
 pub mod kernel;

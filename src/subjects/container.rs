@@ -1,21 +1,25 @@
 //! The container subjects of the benchmark: twinbox's launcher, the
 //! process-start floor (native), the namespace floor (`unshare`), and the
-//! OCI runtimes crun and runc on a bundle made from the same image rootfs.
+//! OCI runtimes crun, runc (and runsc when installed) on bundles made from
+//! the same image rootfs.
 //!
-//! Parity: every box runs busybox `/bin/true` from the same rootfs, with
-//! new pid, net, ipc, uts and mount namespaces, the same memory/pids/CPU
-//! limits, the same capability set, masked and read-only paths, and the
-//! same seccomp deny list (given to crun and runc in OCI form, which they
-//! compile at each start). One difference is in their favour: the OCI
-//! bundle's root is the image rootfs itself, read-only, while twinbox also
-//! stacks a writable overlay on a tmpfs.
+//! Parity: every box runs from the same rootfs (the busybox image with the
+//! isolation probe added), with new pid, net, ipc, uts and mount
+//! namespaces, the same memory/pids/CPU limits, the same capability set,
+//! masked and read-only paths, and the same seccomp deny list (given to the
+//! OCI runtimes in OCI form, which they compile at each start). One
+//! difference is in their favour: the OCI bundle's root is the image rootfs
+//! itself, read-only, while twinbox also stacks a writable overlay on a
+//! tmpfs.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde_json::json;
-use twinbox_bench::Subject;
+use twinbox_bench::{Idle, Subject};
 use twinbox_container::{caps, mounts, seccomp};
 
 use crate::host::on_path;
@@ -27,7 +31,16 @@ pub const PIDS: u64 = 1024;
 /// CPUs.
 pub const CPUS: f64 = 1.0;
 
-/// The workload: busybox's `true`, run directly (the process-start floor).
+fn first_line(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+}
+
+/// The workload run directly (the process-start floor), and the probe run
+/// on the host (the reference every box is compared with).
 pub struct Native {
     /// Host path of the image's rootfs.
     pub rootfs: PathBuf,
@@ -42,12 +55,33 @@ impl Subject for Native {
         c.arg("true");
         c
     }
+    fn probe(&self, args: &[&str]) -> Option<Command> {
+        let mut c = Command::new(self.rootfs.join("probe"));
+        c.args(args);
+        Some(c)
+    }
 }
 
 /// `unshare --fork --pid --mount --uts --ipc --net`: the namespaces alone.
 pub struct Unshare {
     /// Host path of the image's rootfs.
     pub rootfs: PathBuf,
+}
+
+impl Unshare {
+    fn with(&self, argv: &[&str]) -> Command {
+        let mut c = Command::new("unshare");
+        c.args(["--fork", "--pid", "--mount", "--uts", "--ipc", "--net"]);
+        match argv.split_first() {
+            Some((&"/probe", rest)) => {
+                c.arg(self.rootfs.join("probe")).args(rest);
+            }
+            _ => {
+                c.arg(self.rootfs.join("bin/busybox")).args(argv);
+            }
+        }
+        c
+    }
 }
 
 impl Subject for Unshare {
@@ -60,11 +94,21 @@ impl Subject for Unshare {
             .then(|| "unshare not found (util-linux)".into())
     }
     fn command(&self) -> Command {
-        let mut c = Command::new("unshare");
-        c.args(["--fork", "--pid", "--mount", "--uts", "--ipc", "--net"])
-            .arg(self.rootfs.join("bin/busybox"))
-            .arg("true");
-        c
+        self.with(&["true"])
+    }
+    fn idle(&self) -> Option<Idle> {
+        Some(Idle {
+            command: self.with(&["sleep", "1000"]),
+            workload_exe: Some("busybox".into()),
+        })
+    }
+    fn probe(&self, args: &[&str]) -> Option<Command> {
+        let mut argv = vec!["/probe"];
+        argv.extend_from_slice(args);
+        Some(self.with(&argv))
+    }
+    fn version(&self) -> Option<String> {
+        first_line(Command::new("unshare").arg("--version"))
     }
 }
 
@@ -81,21 +125,33 @@ pub struct TwinboxContainer {
 }
 
 impl TwinboxContainer {
-    /// The command with the workload's argv.
+    /// The command with the workload's argv, under the benchmark's limits.
     pub fn command_with(&self, argv: &[&str]) -> Command {
+        self.command_limited(argv, MEMORY, PIDS, None)
+    }
+
+    fn command_limited(
+        &self,
+        argv: &[&str],
+        memory: u64,
+        pids: u64,
+        timeout: Option<&str>,
+    ) -> Command {
         let mut c = Command::new(&self.exe);
         c.env("TWINBOX_HOME", &self.home);
         if let Some(t) = &self.timings {
             c.env("TWINBOX_TIMINGS", t);
         }
         c.args(["run", "--isolation", "container", "-m"])
-            .arg(MEMORY.to_string())
+            .arg(memory.to_string())
             .arg("--pids-limit")
-            .arg(PIDS.to_string())
+            .arg(pids.to_string())
             .arg("--cpus")
-            .arg(CPUS.to_string())
-            .arg(&self.image)
-            .args(argv);
+            .arg(CPUS.to_string());
+        if let Some(t) = timeout {
+            c.args(["--timeout", t]);
+        }
+        c.arg(&self.image).args(argv);
         c
     }
 }
@@ -107,54 +163,88 @@ impl Subject for TwinboxContainer {
     fn command(&self) -> Command {
         self.command_with(&["/bin/true"])
     }
+    fn idle(&self) -> Option<Idle> {
+        Some(Idle {
+            command: self.command_with(&["sleep", "1000"]),
+            workload_exe: Some("busybox".into()),
+        })
+    }
+    fn probe(&self, args: &[&str]) -> Option<Command> {
+        let mut argv = vec!["/probe"];
+        argv.extend_from_slice(args);
+        Some(self.command_with(&argv))
+    }
+    fn limited(&self, argv: &[&str]) -> Option<Command> {
+        Some(self.command_limited(argv, 64 << 20, 64, Some("5s")))
+    }
+    fn version(&self) -> Option<String> {
+        Some(format!("twinbox {}", env!("CARGO_PKG_VERSION")))
+    }
 }
 
-/// An OCI runtime (crun or runc) on a bundle of the same rootfs.
+/// An OCI runtime (crun, runc or runsc) on bundles of the same rootfs, one
+/// bundle per distinct argv, written on first use.
 pub struct OciRuntime {
-    /// `crun` or `runc`.
+    /// `crun`, `runc` or `runsc`.
     pub runtime: &'static str,
     /// Its binary, if found.
     pub binary: Option<PathBuf>,
-    /// The bundle directory (config.json).
-    pub bundle: PathBuf,
-    /// The runtime's state directory (--root).
-    pub state: PathBuf,
+    rootfs: PathBuf,
+    dir: PathBuf,
+    state: PathBuf,
+    bundles: Mutex<HashMap<Vec<String>, PathBuf>>,
     seq: AtomicU64,
 }
 
 impl OciRuntime {
-    /// Finds `runtime` on PATH and writes its bundle for `argv` under `dir`.
-    pub fn new(
-        runtime: &'static str,
-        rootfs: &Path,
-        dir: &Path,
-        argv: &[&str],
-    ) -> std::io::Result<Self> {
-        let bundle = dir.join(format!("{runtime}-bundle"));
+    /// Finds `runtime` on PATH; bundles of `rootfs` go under `dir`.
+    pub fn new(runtime: &'static str, rootfs: &Path, dir: &Path) -> std::io::Result<Self> {
         let state = dir.join(format!("{runtime}-state"));
-        std::fs::create_dir_all(&bundle)?;
         std::fs::create_dir_all(&state)?;
-        std::fs::write(
-            bundle.join("config.json"),
-            serde_json::to_vec_pretty(&bundle_config(rootfs, argv))?,
-        )?;
         Ok(Self {
             runtime,
             binary: on_path(runtime),
-            bundle,
+            rootfs: rootfs.to_path_buf(),
+            dir: dir.to_path_buf(),
             state,
+            bundles: Mutex::new(HashMap::new()),
             seq: AtomicU64::new(0),
         })
     }
 
-    /// The command for one run, with a fresh container id.
-    pub fn command_named(&self, id: &str) -> Command {
+    fn bundle(&self, argv: &[&str]) -> PathBuf {
+        let key: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let mut map = self.bundles.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.len();
+        map.entry(key)
+            .or_insert_with(|| {
+                let b = self.dir.join(format!("{}-bundle-{n}", self.runtime));
+                let written = std::fs::create_dir_all(&b).and_then(|()| {
+                    std::fs::write(
+                        b.join("config.json"),
+                        serde_json::to_vec_pretty(&bundle_config(&self.rootfs, argv))?,
+                    )
+                });
+                if let Err(e) = written {
+                    // The run then fails with the runtime's own message.
+                    eprintln!("twinbox: writing the {} bundle: {e}", self.runtime);
+                }
+                b
+            })
+            .clone()
+    }
+
+    /// The command running `argv` in a fresh container.
+    pub fn command_argv(&self, argv: &[&str]) -> Command {
+        let bundle = self.bundle(argv);
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        let id = format!("twinbox-bench-{}-{n}", std::process::id());
         let mut c = Command::new(self.binary.as_deref().unwrap_or(Path::new(self.runtime)));
         c.arg("--root").arg(&self.state);
         if self.runtime == "crun" {
             c.arg("--cgroup-manager=cgroupfs");
         }
-        c.args(["run", "--bundle"]).arg(&self.bundle).arg(id);
+        c.args(["run", "--bundle"]).arg(bundle).arg(id);
         c
     }
 }
@@ -165,15 +255,29 @@ impl Subject for OciRuntime {
     }
     fn unavailable(&self) -> Option<String> {
         self.binary.is_none().then(|| {
-            format!(
-                "{} not found (apt-get install {})",
-                self.runtime, self.runtime
-            )
+            if self.runtime == "runsc" {
+                "runsc (gVisor) not found: Debian 12 does not package it; install it from gVisor's releases".into()
+            } else {
+                format!("{} not found (apt-get install {})", self.runtime, self.runtime)
+            }
         })
     }
     fn command(&self) -> Command {
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
-        self.command_named(&format!("twinbox-bench-{}-{n}", std::process::id()))
+        self.command_argv(&["/bin/true"])
+    }
+    fn idle(&self) -> Option<Idle> {
+        Some(Idle {
+            command: self.command_argv(&["sleep", "1000"]),
+            workload_exe: Some("busybox".into()),
+        })
+    }
+    fn probe(&self, args: &[&str]) -> Option<Command> {
+        let mut argv = vec!["/probe"];
+        argv.extend_from_slice(args);
+        Some(self.command_argv(&argv))
+    }
+    fn version(&self) -> Option<String> {
+        first_line(Command::new(self.binary.as_deref()?).arg("--version"))
     }
 }
 
@@ -213,7 +317,9 @@ pub fn bundle_config(rootfs: &Path, argv: &[&str]) -> serde_json::Value {
             {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
              "options": ["nosuid", "noexec", "nodev"]},
             {"destination": "/sys", "type": "sysfs", "source": "sysfs",
-             "options": ["nosuid", "noexec", "nodev", "ro"]}
+             "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs",
+             "options": ["nosuid", "nodev", "mode=1777", "size=262144k"]}
         ],
         "linux": {
             "namespaces": [
@@ -255,5 +361,17 @@ mod tests {
         assert!(names
             .as_array()
             .is_some_and(|v| v.iter().any(|n| n == "keyctl")));
+    }
+
+    #[test]
+    fn one_bundle_per_argv() -> std::io::Result<()> {
+        let d = tempfile::tempdir()?;
+        let rt = OciRuntime::new("crun", Path::new("/r"), d.path())?;
+        let a = rt.bundle(&["/bin/true"]);
+        let b = rt.bundle(&["sleep", "1"]);
+        assert_ne!(a, b);
+        assert_eq!(rt.bundle(&["/bin/true"]), a);
+        assert!(a.join("config.json").is_file());
+        Ok(())
     }
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use twinbox_bench::Subject;
+use twinbox_bench::{Idle, Subject};
 use twinbox_vmm::hypervisor::{self, Kind};
 use twinbox_vmm::null_guest::MARKER;
 
@@ -19,6 +19,17 @@ pub struct TwinboxVmm {
     pub exe: PathBuf,
     /// The null guest ELF.
     pub kernel: PathBuf,
+    /// A null guest that spins (for an idle VM), if written.
+    pub spin: Option<PathBuf>,
+}
+
+impl TwinboxVmm {
+    fn command_for(&self, kernel: &Path) -> Command {
+        let mut c = Command::new(&self.exe);
+        c.args(["vmm", "boot", "-m", "128m", "--cpus", "1"])
+            .arg(kernel);
+        c
+    }
 }
 
 impl Subject for TwinboxVmm {
@@ -26,13 +37,19 @@ impl Subject for TwinboxVmm {
         "twinbox-vmm".into()
     }
     fn command(&self) -> Command {
-        let mut c = Command::new(&self.exe);
-        c.args(["vmm", "boot", "-m", "128m", "--cpus", "1"])
-            .arg(&self.kernel);
-        c
+        self.command_for(&self.kernel)
     }
     fn marker(&self) -> Option<String> {
         Some(MARKER.into())
+    }
+    fn idle(&self) -> Option<Idle> {
+        Some(Idle {
+            command: self.command_for(self.spin.as_deref()?),
+            workload_exe: None,
+        })
+    }
+    fn version(&self) -> Option<String> {
+        Some(format!("twinbox {}", env!("CARGO_PKG_VERSION")))
     }
 }
 
@@ -43,6 +60,8 @@ pub struct QemuMicrovm {
     pub qemu: Option<PathBuf>,
     /// The null guest ELF (with its PVH note).
     pub kernel: PathBuf,
+    /// A null guest that spins (for an idle VM), if written.
+    pub spin: Option<PathBuf>,
 }
 
 impl QemuMicrovm {
@@ -51,6 +70,7 @@ impl QemuMicrovm {
         Self {
             qemu: on_path("qemu-system-x86_64"),
             kernel: kernel.to_path_buf(),
+            spin: None,
         }
     }
 
@@ -74,6 +94,35 @@ impl Subject for QemuMicrovm {
             .then(|| "qemu-system-x86_64 not found (apt-get install qemu-system-x86)".into())
     }
     fn command(&self) -> Command {
+        self.command_for(&self.kernel)
+    }
+    fn idle(&self) -> Option<Idle> {
+        Some(Idle {
+            command: self.command_for(self.spin.as_deref()?),
+            workload_exe: None,
+        })
+    }
+    fn version(&self) -> Option<String> {
+        let out = Command::new(self.qemu.as_deref()?)
+            .arg("--version")
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .map(str::to_string)
+    }
+    fn marker(&self) -> Option<String> {
+        Some(MARKER.into())
+    }
+    /// isa-debug-exit exits with `(value << 1) | 1`; the null guest writes 0.
+    fn expected_status(&self) -> i32 {
+        1
+    }
+}
+
+impl QemuMicrovm {
+    fn command_for(&self, kernel: &Path) -> Command {
         let mut c = Command::new(
             self.qemu
                 .as_deref()
@@ -101,15 +150,8 @@ impl Subject for QemuMicrovm {
             "isa-debug-exit,iobase=0x501,iosize=1",
             "-kernel",
         ])
-        .arg(&self.kernel);
+        .arg(kernel);
         c
-    }
-    fn marker(&self) -> Option<String> {
-        Some(MARKER.into())
-    }
-    /// isa-debug-exit exits with `(value << 1) | 1`; the null guest writes 0.
-    fn expected_status(&self) -> i32 {
-        1
     }
 }
 

@@ -3,3 +3,5 @@
 
 pub mod container;
 pub mod floor;
+pub mod lab;
+pub mod vm;

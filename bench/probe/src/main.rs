@@ -5,9 +5,13 @@
 //! should not get, each tried with harmless arguments). The host side
 //! compares the reports; the probe judges nothing itself.
 //!
-//! `twinbox-probe` prints the report; `twinbox-probe syscalls` prints only
-//! the system-call results.
+//! `twinbox-probe [--canary PATH]` prints the report (with `--canary`, also
+//! whether a host file the benchmark placed is visible);
+//! `twinbox-probe syscalls` prints only the attempts; `twinbox-probe speed
+//! cpu|syscall|memory|io` runs one micro-workload and prints its time.
 
+mod attempts;
+mod speed;
 mod syscalls;
 
 use serde_json::{json, Map, Value};
@@ -114,14 +118,32 @@ fn report() -> Value {
         "cpus_online".into(),
         json!(read("/sys/devices/system/cpu/online").trim()),
     );
+    m.insert(
+        "boot_id".into(),
+        json!(read("/proc/sys/kernel/random/boot_id").trim()),
+    );
     m.insert("syscalls".into(), syscalls::all());
+    m.insert("attempts".into(), attempts::all());
     Value::Object(m)
 }
 
 fn main() {
-    let arg = std::env::args().nth(1);
-    let v = match arg.as_deref() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let v = match args.first().map(String::as_str) {
         Some("syscalls") => syscalls::all(),
+        Some("speed") => match speed::run(args.get(1).map_or("", String::as_str)) {
+            Ok(v) => v,
+            Err(e) => {
+                eprintln!("twinbox-probe: {e}");
+                std::process::exit(2);
+            }
+        },
+        Some("--canary") => {
+            let mut v = report();
+            let path = args.get(1).map_or("", String::as_str);
+            v["canary_visible"] = json!(!path.is_empty() && std::path::Path::new(path).exists());
+            v
+        }
         _ => report(),
     };
     println!("{v}");

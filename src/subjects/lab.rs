@@ -1,0 +1,153 @@
+//! The benchmark's lab: everything the subjects need, made once per run.
+//! It moves the benchmark into a private mount namespace without the empty
+//! cgroup2 mount of a hybrid host (crun refuses that layout; the host is
+//! untouched), makes the probe image (busybox plus the static isolation
+//! probe, so every box runs the same rootfs), writes the null guests, and
+//! holds the temporary directory for bundles and runtime state.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use twinbox_container::cgroups::layout::{self, Layout};
+use twinbox_images::{Reference, Store};
+
+use super::container::{Native, OciRuntime, TwinboxContainer, Unshare};
+use super::floor::{Firecracker, QemuMicrovm, TwinboxVmm};
+use super::vm::TwinboxVm;
+
+/// The probe image's name.
+pub const PROBE_IMAGE: &str = "twinbox-probe:latest";
+
+/// Gives this process a private mount namespace without the v2 mount of a
+/// hybrid layout. Must run before any thread exists (the kernel refuses a
+/// new mount namespace to a multi-threaded process).
+pub fn hide_hybrid_v2() -> Result<Option<String>> {
+    let Layout::Hybrid { v2_mount, .. } = layout::detect()? else {
+        return Ok(None);
+    };
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)
+        .context("a private mount namespace for the benchmark")?;
+    nix::mount::mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    nix::mount::umount2(&v2_mount, nix::mount::MntFlags::MNT_DETACH).with_context(|| {
+        format!(
+            "unmounting {} in the benchmark's namespace",
+            v2_mount.display()
+        )
+    })?;
+    Ok(Some(format!(
+        "This host's cgroups are hybrid and crun refuses that layout, so the benchmark runs in a private mount namespace with {} unmounted: every subject sees pure v1 (the host is untouched).",
+        v2_mount.display()
+    )))
+}
+
+/// Finds the static probe: `$TWINBOX_PROBE`, where `scripts/bootstrap`
+/// builds it, or beside the twinbox binary.
+pub fn find_probe() -> Result<PathBuf> {
+    crate::host::find_static("twinbox-probe", "TWINBOX_PROBE")
+}
+
+/// Everything a benchmark run drives.
+pub struct Lab {
+    /// Bundles, state, null guests; removed on drop.
+    pub dir: tempfile::TempDir,
+    /// Note for the report, if the environment was changed.
+    pub note: Option<String>,
+    /// Store home.
+    pub home: PathBuf,
+    /// Rootfs of the probe image.
+    pub rootfs: PathBuf,
+    /// The twinbox binary.
+    pub exe: PathBuf,
+}
+
+impl Lab {
+    /// Prepares the lab. Call before any thread is started.
+    pub fn prepare() -> Result<Self> {
+        let note = hide_hybrid_v2()?;
+        let home = Store::default_home();
+        let store = Store::open(&home)?;
+        let base = store
+            .get(&Reference::parse(twinbox_images::base::NAME)?)
+            .context("the busybox base image (make it with `twinbox image build-base`)")?;
+        let probe = find_probe()?;
+        let image = twinbox_images::derive::derive(
+            &store,
+            &base,
+            PROBE_IMAGE,
+            &[("probe", probe.as_path(), 0o755)],
+        )
+        .context("making the probe image")?;
+        Ok(Self {
+            dir: tempfile::tempdir()?,
+            note,
+            rootfs: image.rootfs(),
+            home,
+            exe: std::env::current_exe().context("finding the twinbox binary")?,
+        })
+    }
+
+    /// Native execution from the image's rootfs.
+    pub fn native(&self) -> Native {
+        Native {
+            rootfs: self.rootfs.clone(),
+        }
+    }
+
+    /// The namespace floor.
+    pub fn unshare(&self) -> Unshare {
+        Unshare {
+            rootfs: self.rootfs.clone(),
+        }
+    }
+
+    /// twinbox's container, recording its timings to `timings` if given.
+    pub fn container(&self, timings: Option<PathBuf>) -> TwinboxContainer {
+        TwinboxContainer {
+            exe: self.exe.clone(),
+            image: PROBE_IMAGE.into(),
+            home: self.home.clone(),
+            timings,
+        }
+    }
+
+    /// twinbox's VM.
+    pub fn vm(&self) -> TwinboxVm {
+        TwinboxVm {
+            exe: self.exe.clone(),
+            image: PROBE_IMAGE.into(),
+            home: self.home.clone(),
+        }
+    }
+
+    /// An OCI runtime.
+    pub fn oci(&self, runtime: &'static str) -> Result<OciRuntime> {
+        Ok(OciRuntime::new(runtime, &self.rootfs, self.dir.path())?)
+    }
+
+    /// The monitors on the null guest (exit and spin variants written here).
+    pub fn floor(
+        &self,
+        firecracker: Option<PathBuf>,
+    ) -> Result<(TwinboxVmm, QemuMicrovm, Firecracker)> {
+        use twinbox_vmm::null_guest::{elf, Program};
+        let kernel = self.dir.path().join("null-guest.elf");
+        let spin = self.dir.path().join("null-guest-spin.elf");
+        std::fs::write(&kernel, elf(Program::Exit(0)))?;
+        std::fs::write(&spin, elf(Program::Spin))?;
+        let ours = TwinboxVmm {
+            exe: self.exe.clone(),
+            kernel: kernel.clone(),
+            spin: Some(spin.clone()),
+        };
+        let mut qemu = QemuMicrovm::find(&kernel);
+        qemu.spin = Some(spin);
+        let fc = Firecracker::new(firecracker, &kernel, self.dir.path())?;
+        Ok((ours, qemu, fc))
+    }
+}
