@@ -64,7 +64,7 @@ pub struct BenchArgs {
     /// Only these scenarios (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub scenarios: Vec<Scenario>,
-    /// Measured startup runs per subject (default 30; --quick 5).
+    /// Measured startup runs per subject (default 60; --quick 5).
     #[arg(long)]
     pub runs: Option<usize>,
     /// Where results go (default: results/<date>-<host>).
@@ -165,10 +165,13 @@ pub enum VmmCommand {
         /// Its exit status.
         #[arg(long, default_value_t = 0)]
         exit: u32,
-        /// A guest that spins forever instead (an idle VM for memory
-        /// measurements).
-        #[arg(long, conflicts_with = "exit")]
+        /// A guest that spins forever instead.
+        #[arg(long, conflicts_with_all = ["exit", "idle"])]
         spin: bool,
+        /// A guest that halts forever with interrupts off instead (an idle
+        /// VM that costs no CPU, for memory measurements).
+        #[arg(long, conflicts_with = "exit")]
+        idle: bool,
     },
 }
 

@@ -159,7 +159,7 @@ pub fn markdown(r: &Results) -> String {
         }
         let _ = writeln!(
             t,
-            "\nDensity: K idle boxes at once; the drop of MemAvailable and the rise of this session's memory cgroup, per box.\n\n| subject | boxes | MemAvailable drop per box (KiB) | cgroup rise per box (KiB) |\n|---|---|---|---|"
+            "\nDensity: K idle boxes at once; the drop of the host's MemAvailable per box (everything the kernel spends on them too), median of the repetitions and their range. Other activity moves MemAvailable by a few MiB, so small figures are noisy.\n\n| subject | boxes | MemAvailable drop per box (KiB, median) | range over repetitions (KiB) |\n|---|---|---|---|"
         );
         for d in &mem.density {
             match &d.unavailable {
@@ -167,13 +167,24 @@ pub fn markdown(r: &Results) -> String {
                     let _ = writeln!(t, "| {} | - | not run: {w} | |", d.name);
                 }
                 None => {
+                    let lo = d.per_box_kib.iter().copied().fold(f64::INFINITY, f64::min);
+                    let hi = d
+                        .per_box_kib
+                        .iter()
+                        .copied()
+                        .fold(f64::NEG_INFINITY, f64::max);
+                    let range = if d.per_box_kib.is_empty() {
+                        "-".to_string()
+                    } else {
+                        format!("{lo:.0} to {hi:.0}")
+                    };
                     let _ = writeln!(
                         t,
                         "| {} | {} | {} | {} |",
                         d.name,
                         d.boxes,
-                        kib(d.available_drop_per_box_kib),
-                        kib(d.cgroup_rise_per_box_kib)
+                        kib(d.median_kib),
+                        range
                     );
                 }
             }

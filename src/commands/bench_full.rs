@@ -91,8 +91,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     if want(Scenario::Startup) {
         let plan = Plan {
-            runs: args.runs.unwrap_or(if quick { 5 } else { 30 }),
-            warmup: if quick { 1 } else { 3 },
+            runs: args.runs.unwrap_or(if quick { 5 } else { 60 }),
+            warmup: if quick { 1 } else { 5 },
             timeout: Duration::from_secs(60),
             gap: Duration::from_millis(20),
         };
@@ -106,8 +106,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         pb.finish_and_clear();
         check_stopped()?;
         let floor_plan = Plan {
-            runs: if quick { 3 } else { 20 },
-            warmup: 1,
+            runs: if quick { 3 } else { 30 },
+            warmup: if quick { 1 } else { 3 },
             timeout: Duration::from_secs(30),
             gap: Duration::ZERO,
         };
@@ -124,7 +124,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     if want(Scenario::Memory) {
         let pb = super::spinner("memory");
-        let reps = if quick { 1 } else { 3 };
+        let reps = if quick { 1 } else { 5 };
         let idle_subjects: [&dyn Subject; 8] =
             [&ours, &vm, &unshare, &crun, &runc, &runsc, &vmm, &qemu];
         let mut idle = Vec::new();
@@ -133,11 +133,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             idle.push(memory::idle(s, reps));
             check_stopped()?;
         }
-        let k = if quick { 5 } else { 20 };
+        let k = if quick { 10 } else { 30 };
         let mut density = Vec::new();
         for s in [&ours as &dyn Subject, &vm, &crun, &vmm] {
             pb.set_message(format!("density: {k} x {}", s.name()));
-            density.push(memory::density(s, k));
+            density.push(memory::density(s, k, reps));
             check_stopped()?;
         }
         pb.finish_and_clear();
@@ -259,7 +259,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let pb = super::spinner("speed");
         pb.set_message("cpu, syscall, memory, io in each box");
         let subjects: [&dyn Subject; 4] = [&native, &ours, &vm, &crun];
-        results.speed = Some(speed::run(&subjects, if quick { 1 } else { 3 }, "native"));
+        results.speed = Some(speed::run(&subjects, if quick { 1 } else { 5 }, "native"));
         pb.finish_and_clear();
         check_stopped()?;
     }

@@ -14,11 +14,16 @@ use crate::size;
 /// Runs a vmm command; returns the exit code.
 pub fn run(cmd: VmmCommand) -> Result<u8> {
     match cmd {
-        VmmCommand::NullGuest { out, exit, spin } => {
-            let program = if spin {
-                Program::Spin
-            } else {
-                Program::Exit(exit)
+        VmmCommand::NullGuest {
+            out,
+            exit,
+            spin,
+            idle,
+        } => {
+            let program = match (spin, idle) {
+                (true, _) => Program::Spin,
+                (_, true) => Program::Idle,
+                _ => Program::Exit(exit),
             };
             std::fs::write(&out, null_guest::elf(program))
                 .with_context(|| format!("writing {}", out.display()))?;

@@ -19,7 +19,7 @@ pub struct TwinboxVmm {
     pub exe: PathBuf,
     /// The null guest ELF.
     pub kernel: PathBuf,
-    /// A null guest that spins (for an idle VM), if written.
+    /// A null guest that halts forever (for an idle VM), if written.
     pub spin: Option<PathBuf>,
 }
 
@@ -60,7 +60,7 @@ pub struct QemuMicrovm {
     pub qemu: Option<PathBuf>,
     /// The null guest ELF (with its PVH note).
     pub kernel: PathBuf,
-    /// A null guest that spins (for an idle VM), if written.
+    /// A null guest that halts forever (for an idle VM), if written.
     pub spin: Option<PathBuf>,
 }
 

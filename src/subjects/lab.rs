@@ -130,16 +130,16 @@ impl Lab {
         Ok(OciRuntime::new(runtime, &self.rootfs, self.dir.path())?)
     }
 
-    /// The monitors on the null guest (exit and spin variants written here).
+    /// The monitors on the null guest (exit and idle variants written here).
     pub fn floor(
         &self,
         firecracker: Option<PathBuf>,
     ) -> Result<(TwinboxVmm, QemuMicrovm, Firecracker)> {
         use twinbox_vmm::null_guest::{elf, Program};
         let kernel = self.dir.path().join("null-guest.elf");
-        let spin = self.dir.path().join("null-guest-spin.elf");
+        let spin = self.dir.path().join("null-guest-idle.elf");
         std::fs::write(&kernel, elf(Program::Exit(0)))?;
-        std::fs::write(&spin, elf(Program::Spin))?;
+        std::fs::write(&spin, elf(Program::Idle))?;
         let ours = TwinboxVmm {
             exe: self.exe.clone(),
             kernel: kernel.clone(),

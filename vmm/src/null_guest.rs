@@ -24,6 +24,9 @@ pub enum Program {
     Exit(u32),
     /// Loop forever.
     Spin,
+    /// Halt forever with interrupts off: an idle VM that costs no CPU (the
+    /// vCPU blocks in KVM_RUN).
+    Idle,
     /// Triple-fault.
     TripleFault,
 }
@@ -53,6 +56,7 @@ pub fn code(program: Program) -> Vec<u8> {
             c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
         }
         Program::Spin => c.extend_from_slice(&[0xeb, 0xfe]), // jmp $
+        Program::Idle => c.extend_from_slice(&[0xfa, 0xf4, 0xeb, 0xfd]), // cli; hlt; jmp hlt
         Program::TripleFault => c.extend_from_slice(&[0x0f, 0x0b]), // ud2
     }
     c

@@ -202,6 +202,14 @@ pub fn rows(host: &Value, boxes: &[Option<&Value>]) -> Vec<Row> {
         },
     );
     add(
+        "uid map",
+        "How the box's user ids map to the host's (/proc/self/uid_map): \"0 0 4294967295\" means root in the box is root on the host (no user namespace), guarded only by capabilities and seccomp; in a VM, guest root is no host user at all.",
+        &|v, _| {
+            let m = s(&v["uid_map"]).split_whitespace().collect::<Vec<_>>().join(" ");
+            cell(m, "info")
+        },
+    );
+    add(
         "no_new_privs",
         "Whether setuid programs can gain privileges.",
         &|v, _| cell(s(&v["no_new_privs"]), "info"),

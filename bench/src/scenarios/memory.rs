@@ -1,8 +1,10 @@
 //! Memory: what one idle box costs the host (PSS of every host process it
 //! keeps alive, minus its workload's own; for a VM that includes the guest
 //! memory actually touched, which lives in the monitor's address space),
-//! and density: K idle boxes at once, the drop of the host's available
-//! memory and the rise of this session's memory cgroup, per box.
+//! and density: K idle boxes at once and the drop of the host's
+//! MemAvailable per box (everything the kernel spends on them too:
+//! namespaces, page tables, cgroups), median of several repetitions with
+//! their spread, since other activity on the host moves MemAvailable.
 
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
@@ -37,20 +39,19 @@ pub struct IdleResult {
     pub processes: usize,
 }
 
-/// One subject's density run.
+/// One subject's density runs.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct DensityResult {
     /// Subject.
     pub name: String,
     /// Why it was not measured.
     pub unavailable: Option<String>,
-    /// Boxes started.
+    /// Boxes up in each repetition.
     pub boxes: usize,
-    /// Drop of MemAvailable per box, KiB.
-    pub available_drop_per_box_kib: Option<f64>,
-    /// Rise of this session's memory cgroup usage per box, KiB (v1
-    /// `memory.usage_in_bytes` or v2 `memory.current` of our own group).
-    pub cgroup_rise_per_box_kib: Option<f64>,
+    /// Drop of MemAvailable per box in each repetition, KiB.
+    pub per_box_kib: Vec<f64>,
+    /// Their median, KiB.
+    pub median_kib: Option<f64>,
 }
 
 /// The memory scenario's results.
@@ -199,77 +200,71 @@ fn mem_available_kib() -> Option<u64> {
         .ok()
 }
 
-/// This process's memory cgroup usage in bytes (v1 or v2).
-fn own_cgroup_usage() -> Option<u64> {
-    let cg = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    for line in cg.lines() {
-        let mut f = line.splitn(3, ':');
-        let (_, ctl, path) = (f.next()?, f.next()?, f.next()?);
-        let file = if ctl.split(',').any(|c| c == "memory") {
-            format!("/sys/fs/cgroup/memory{path}/memory.usage_in_bytes")
-        } else if ctl.is_empty() {
-            format!("/sys/fs/cgroup{path}/memory.current")
-        } else {
-            continue;
-        };
-        if let Some(v) = std::fs::read_to_string(file)
-            .ok()
-            .and_then(|t| t.trim().parse().ok())
-        {
-            return Some(v);
-        }
-    }
-    None
+/// The median of `n` readings of MemAvailable 50 ms apart.
+fn settled_available(n: usize) -> Option<f64> {
+    let mut v: Vec<f64> = (0..n)
+        .filter_map(|i| {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            mem_available_kib().map(|k| k as f64)
+        })
+        .collect();
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| quantile(&v, 0.5))
 }
 
-/// Starts `k` idle boxes of `subject` at once and measures the host's
-/// memory before and with them.
-pub fn density(subject: &dyn Subject, k: usize) -> DensityResult {
+/// Starts `k` idle boxes of `subject` at once, `reps` times, and measures
+/// the host's MemAvailable before and with them.
+pub fn density(subject: &dyn Subject, k: usize, reps: usize) -> DensityResult {
     let mut r = DensityResult {
         name: subject.name(),
         unavailable: subject.unavailable(),
         boxes: 0,
-        available_drop_per_box_kib: None,
-        cgroup_rise_per_box_kib: None,
+        per_box_kib: vec![],
+        median_kib: None,
     };
     if r.unavailable.is_some() {
         return r;
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let (avail0, cg0) = (mem_available_kib(), own_cgroup_usage());
-    let mut boxes = Vec::new();
-    for _ in 0..k {
-        let Some(idle) = subject.idle() else {
-            r.unavailable = Some("cannot make an idle box".into());
-            return r;
-        };
-        match start(idle) {
-            Ok(b) => boxes.push(b),
-            Err(e) => {
-                r.unavailable = Some(format!("failed: {e}"));
-                break;
+    for _ in 0..reps {
+        if crate::stop_requested() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let before = settled_available(5);
+        let mut boxes = Vec::new();
+        for _ in 0..k {
+            let Some(idle) = subject.idle() else {
+                r.unavailable = Some("cannot make an idle box".into());
+                return r;
+            };
+            match start(idle) {
+                Ok(b) => boxes.push(b),
+                Err(e) => {
+                    r.unavailable = Some(format!("failed: {e}"));
+                    break;
+                }
             }
         }
-    }
-    let mut up = 0;
-    for (c, exe) in &boxes {
-        if wait_up(c, exe.as_deref()).is_ok() {
-            up += 1;
+        let up = boxes
+            .iter()
+            .filter(|(c, exe)| wait_up(c, exe.as_deref()).is_ok())
+            .count();
+        let with = settled_available(5);
+        for (c, exe) in boxes {
+            stop(c, exe.as_deref());
+        }
+        r.boxes = up;
+        if let (Some(a), Some(b), true) = (before, with, up > 0) {
+            r.per_box_kib.push((a - b) / up as f64);
+        }
+        if r.unavailable.is_some() {
+            return r;
         }
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let (avail1, cg1) = (mem_available_kib(), own_cgroup_usage());
-    for (c, exe) in boxes {
-        stop(c, exe.as_deref());
-    }
-    r.boxes = up;
-    if up > 0 {
-        r.available_drop_per_box_kib = avail0
-            .zip(avail1)
-            .map(|(a, b)| (a as f64 - b as f64) / up as f64);
-        r.cgroup_rise_per_box_kib = cg0
-            .zip(cg1)
-            .map(|(a, b)| (b as f64 - a as f64) / 1024.0 / up as f64);
-    }
+    let mut v = r.per_box_kib.clone();
+    v.sort_by(f64::total_cmp);
+    r.median_kib = (!v.is_empty()).then(|| quantile(&v, 0.5));
     r
 }
