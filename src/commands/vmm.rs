@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use std::path::PathBuf;
+
 use anyhow::{Context, Result};
 use twinbox_vmm::null_guest::{self, Program};
 use twinbox_vmm::seccomp::Thread;
@@ -63,11 +65,22 @@ pub fn run(cmd: VmmCommand) -> Result<u8> {
             no_seccomp,
             pit,
         } => {
-            // The null guest is written to a temp file that lives for the run.
-            let tmp = tempfile::tempdir()?;
+            // The null guest lives in a memfd, named by its /proc/self/fd
+            // path: no file to leave behind, even if the run is killed.
+            let _memfd;
             let kernel_path = if kernel == "null" {
-                let p = tmp.path().join("null-guest.elf");
-                std::fs::write(&p, null_guest::elf(Program::Exit(0)))?;
+                let fd = nix::sys::memfd::memfd_create(
+                    c"twinbox-null-guest",
+                    nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+                )
+                .context("memfd_create for the null guest")?;
+                let mut f = std::fs::File::from(fd);
+                std::io::Write::write_all(&mut f, &null_guest::elf(Program::Exit(0)))?;
+                let p = PathBuf::from(format!(
+                    "/proc/self/fd/{}",
+                    std::os::fd::AsRawFd::as_raw_fd(&f)
+                ));
+                _memfd = f;
                 p
             } else {
                 kernel.into()
