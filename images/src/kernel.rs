@@ -69,10 +69,24 @@ pub const SOURCE_PACKAGE: &str = "linux-source-6.1";
 pub const FRAGMENT: &str = include_str!("../kernel/twinbox.config");
 /// Our patches, applied in order with `patch -p1` (name, text). Each says
 /// at its top what it is for.
-pub const PATCHES: &[(&str, &str)] = &[(
-    "0001-x86-alternatives-no_int3_selftest.patch",
-    include_str!("../kernel/patches/0001-x86-alternatives-no_int3_selftest.patch"),
-)];
+pub const PATCHES: &[(&str, &str)] = &[
+    (
+        "0001-x86-alternatives-no_int3_selftest.patch",
+        include_str!("../kernel/patches/0001-x86-alternatives-no_int3_selftest.patch"),
+    ),
+    (
+        "0002-x86-fault-twinbox_pvm_syscall.patch",
+        include_str!("../kernel/patches/0002-x86-fault-twinbox_pvm_syscall.patch"),
+    ),
+    (
+        "0003-x86-fpu-twinbox_no_fwait.patch",
+        include_str!("../kernel/patches/0003-x86-fpu-twinbox_no_fwait.patch"),
+    ),
+    (
+        "0004-char-devport-on-x86.patch",
+        include_str!("../kernel/patches/0004-char-devport-on-x86.patch"),
+    ),
+];
 /// Bumped when the build steps change in a way that changes the result.
 const RECIPE_VERSION: u32 = 1;
 

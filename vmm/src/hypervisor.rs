@@ -56,13 +56,22 @@ impl Kind {
     ///   alternatives to `popcnt`, failed to emulate 15 s into boot, and so
     ///   did `clac` (SMAP) in the exception entry code next; PVM reports both
     ///   in CPUID whatever the VMM sets, like XSAVE.
+    /// - `twinbox_pvm_syscall` (a patch of twinbox's guest kernel): PVM's
+    ///   native mode delivers a user-mode SYSCALL to MSR_LSTAR without
+    ///   leaving user privilege, so the kernel completes the system call
+    ///   from the page fault that follows.
+    /// - `twinbox_no_fwait` (a patch of twinbox's guest kernel): FWAIT in
+    ///   `fpu__drop()` ends the VM with an emulation failure at the exit of
+    ///   every task that used the FPU.
     ///
     /// Not `lapic=notscdeadline`, which PVM's own guides use: without a PIT
     /// the LAPIC timer cannot be calibrated then ("APIC timer disabled due to
     /// verification failure") and guest time stops.
     pub fn guest_cmdline(self) -> &'static str {
         match self {
-            Self::Pvm { .. } => "noxsave no_int3_selftest clearcpuid=popcnt,smap",
+            Self::Pvm { .. } => {
+                "noxsave no_int3_selftest twinbox_pvm_syscall twinbox_no_fwait clearcpuid=popcnt,smap"
+            }
             _ => "",
         }
     }

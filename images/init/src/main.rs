@@ -20,6 +20,8 @@ use spec::Spec;
 const EXIT_INIT_FAILED: i32 = 125;
 
 fn main() {
+    // /dev first: the ports are reached through /dev/port where it exists.
+    mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
     port::enable();
     port::mark(port::MARK_INIT);
     let code = match run() {
@@ -51,7 +53,6 @@ fn run() -> Result<i32, String> {
     let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount("proc", "/proc", "proc", nodev, "");
     mount("sysfs", "/sys", "sysfs", nodev, "");
-    mount("devtmpfs", "/dev", "devtmpfs", libc::MS_NOSUID, "mode=0755");
     mount(
         "devpts",
         "/dev/pts",
