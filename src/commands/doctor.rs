@@ -61,7 +61,7 @@ pub fn run(store: &Store) -> bool {
             );
             let v = if matches!(p.kind, hypervisor::Kind::Pvm { .. }) { Verdict::Warn } else { Verdict::Ok };
             let note = if matches!(p.kind, hypervisor::Kind::Pvm { .. }) {
-                " -- Linux guests boot slowly here and their user space cannot make system calls yet (README)"
+                " -- Linux guests run here, but a boot takes about 90 s (README)"
             } else {
                 ""
             };

@@ -1,0 +1,159 @@
+//! End-to-end: a Linux workload in `twinbox run --isolation vm`, with the
+//! project's guest kernel (from the real cache, where `scripts/bootstrap`
+//! builds it) and static init. Slow on a PVM host (a boot takes about
+//! 90 s there), so the checks share as few boots as possible.
+//!
+//! Skipped, with a message, only where the host has no /dev/kvm.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use common::{code, stderr, stdout, Env};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// The guest kernel the recipe built, from `twinbox kernel show` against
+/// the real cache.
+fn kernel() -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let out = Command::new(env!("CARGO_BIN_EXE_twinbox"))
+        .args(["kernel", "show"])
+        .output()?;
+    assert_eq!(code(&out), 0, "no guest kernel: {}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let k = v["vmlinux"]
+        .as_str()
+        .or(v["bzimage"].as_str())
+        .ok_or("kernel show gave no kernel path")?;
+    Ok(PathBuf::from(k))
+}
+
+fn vm(env: &Env, kernel: &PathBuf, args: &[&str]) -> std::io::Result<Output> {
+    Command::new(env!("CARGO_BIN_EXE_twinbox"))
+        .args(["run", "--isolation", "vm"])
+        .args(args)
+        .env("TWINBOX_HOME", env.home())
+        .env("TWINBOX_CACHE", env.cache())
+        .env("TWINBOX_KERNEL", kernel)
+        .output()
+}
+
+fn kvm_or_skip() -> bool {
+    if std::path::Path::new("/dev/kvm").exists() {
+        return true;
+    }
+    eprintln!("skipped: this host has no /dev/kvm");
+    false
+}
+
+#[test]
+fn a_linux_workload_runs_and_its_status_output_and_memory_come_back() -> TestResult {
+    if !kvm_or_skip() {
+        return Ok(());
+    }
+    let kernel = kernel()?;
+    let env = Env::new();
+    let out = env.run(&["image", "build-base"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = vm(
+        &env,
+        &kernel,
+        &[
+            "-m",
+            "256m",
+            "--timeout",
+            "400s",
+            "-e",
+            "GREETING=hello from the guest",
+            "busybox",
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; nproc; grep MemTotal /proc/meminfo; echo host=$(hostname) pid=$$; exit 7",
+        ],
+    )?;
+    let text = stdout(&out);
+    assert_eq!(code(&out), 7, "stdout:\n{text}\nstderr:\n{}", stderr(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.contains(&"hello from the guest"), "{text}");
+    assert!(lines.contains(&"1"), "nproc: {text}");
+    let mem_kib: u64 = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or("no MemTotal")?;
+    // 256 MiB less what the kernel keeps for itself.
+    assert!(
+        (200 * 1024..=256 * 1024).contains(&mem_kib),
+        "MemTotal {mem_kib} kB"
+    );
+    // Our init is PID 1 and names the guest; the workload is its child.
+    let ids = lines
+        .iter()
+        .find(|l| l.starts_with("host="))
+        .ok_or("no host= line")?;
+    assert!(ids.starts_with("host=twinbox "), "{ids}");
+    assert_ne!(ids.split("pid=").nth(1), Some("1"), "{ids}");
+    Ok(())
+}
+
+#[test]
+fn a_missing_command_gives_127_and_a_timeout_kills_the_guest() -> TestResult {
+    if !kvm_or_skip() {
+        return Ok(());
+    }
+    let kernel = kernel()?;
+    let env = Env::new();
+    let out = env.run(&["image", "build-base"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = vm(
+        &env,
+        &kernel,
+        &["--timeout", "400s", "busybox", "no-such-command"],
+    )?;
+    assert_eq!(
+        code(&out),
+        127,
+        "stdout:\n{}\nstderr:\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let t = std::time::Instant::now();
+    let out = vm(
+        &env,
+        &kernel,
+        &["--timeout", "3s", "busybox", "sleep", "1000"],
+    )?;
+    assert_eq!(code(&out), 137, "{}", stderr(&out));
+    assert!(stderr(&out).contains("--timeout"), "{}", stderr(&out));
+    assert!(t.elapsed() < std::time::Duration::from_secs(30));
+    Ok(())
+}
+
+#[test]
+fn two_vcpus_give_the_guest_two_cpus() -> TestResult {
+    if !kvm_or_skip() {
+        return Ok(());
+    }
+    let kernel = kernel()?;
+    let env = Env::new();
+    let out = env.run(&["image", "build-base"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let out = vm(
+        &env,
+        &kernel,
+        &[
+            "--cpus",
+            "2",
+            "--timeout",
+            "400s",
+            "busybox",
+            "sh",
+            "-c",
+            "nproc; cat /sys/devices/system/cpu/online",
+        ],
+    )?;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(stdout(&out), "2\n0-1\n");
+    Ok(())
+}
