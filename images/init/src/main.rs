@@ -49,6 +49,20 @@ fn mount(source: &str, target: &str, fstype: &str, flags: libc::c_ulong, data: &
     unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), flags, d.as_ptr().cast()) };
 }
 
+/// Stops the console tty from turning "\n" into "\r\n", so the
+/// workload's output reaches the host byte for byte, as in a container.
+fn raw_newlines() {
+    // SAFETY: termios is plain data; tcgetattr fills the one we own and
+    // tcsetattr reads it. A console that is not a tty is left alone.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        if libc::tcgetattr(1, &mut t) == 0 {
+            t.c_oflag &= !libc::ONLCR;
+            libc::tcsetattr(1, libc::TCSANOW, &t);
+        }
+    }
+}
+
 fn run() -> Result<i32, String> {
     let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount("proc", "/proc", "proc", nodev, "");
@@ -61,6 +75,7 @@ fn run() -> Result<i32, String> {
         "gid=5,mode=0620,ptmxmode=0666",
     );
     mount("tmpfs", "/dev/shm", "tmpfs", nodev, "mode=1777");
+    raw_newlines();
 
     let text = std::fs::read(spec::PATH).map_err(|e| format!("reading {}: {e}", spec::PATH))?;
     let spec = Spec::parse(&text)?;
