@@ -100,6 +100,12 @@ fn cell(text: impl Into<String>, class: &'static str) -> Cell {
     }
 }
 
+/// Whether `v` comes from a kernel other than the host's (a VM): what it
+/// sees and may do then concerns its own kernel, not the host.
+fn own_kernel(v: &Value, host: &Value) -> bool {
+    v["boot_id"] != host["boot_id"]
+}
+
 /// The matrix from the host's report and each box's (`None`: no report).
 pub fn rows(host: &Value, boxes: &[Option<&Value>]) -> Vec<Row> {
     let mut rows = Vec::new();
@@ -154,7 +160,9 @@ pub fn rows(host: &Value, boxes: &[Option<&Value>]) -> Vec<Row> {
         &|v, is_host| {
             let list: Vec<String> = v["interfaces"].as_array().map_or(vec![], |a| a.iter().map(s).collect());
             let only_lo = list.iter().all(|i| i == "lo");
-            cell(list.join(" "), if is_host { "info" } else if only_lo { "good" } else { "bad" })
+            let own = own_kernel(v, host);
+            let text = if own { format!("{} (guest's)", list.join(" ")) } else { list.join(" ") };
+            cell(text, if is_host { "info" } else if only_lo || own { "good" } else { "bad" })
         },
     );
     add(
@@ -232,6 +240,9 @@ pub fn rows(host: &Value, boxes: &[Option<&Value>]) -> Vec<Row> {
             &|v, is_host| {
                 let r = s(&v["syscalls"][call]);
                 let denied = r == "EPERM" || r == "ENOSYS";
+                if !is_host && !denied && own_kernel(v, host) {
+                    return cell(format!("{r} (guest kernel)"), "good");
+                }
                 cell(r, if is_host { "info" } else if denied { "good" } else { "bad" })
             },
         );
@@ -251,6 +262,9 @@ pub fn rows(host: &Value, boxes: &[Option<&Value>]) -> Vec<Row> {
             &|v, is_host| {
                 let r = s(&v["attempts"][a]);
                 let allowed = r == "allowed";
+                if !is_host && allowed && own_kernel(v, host) {
+                    return cell("allowed (guest kernel)", "good");
+                }
                 cell(r, if is_host { "info" } else if allowed { "bad" } else { "good" })
             },
         );
@@ -375,7 +389,17 @@ mod tests {
             .find(|r| r.label == "keyctl()")
             .expect("keyctl row");
         assert_eq!(keyctl.cells[1].class, "good");
-        assert_eq!(keyctl.cells[2].class, "bad");
+        // Allowed in a VM: it reaches only the guest's kernel.
+        assert_eq!(keyctl.cells[2].class, "good");
+        assert!(keyctl.cells[2].text.contains("guest kernel"));
+        // The same answer from the host's kernel would be a hole.
+        let leaky = report("6.18", "aaa", 1, "ENOKEY");
+        let r2 = rows(&host, &[Some(&leaky)]);
+        let k2 = r2
+            .iter()
+            .find(|r| r.label == "keyctl()")
+            .expect("keyctl row");
+        assert_eq!(k2.cells[1].class, "bad");
         assert!(r.iter().all(|row| !row.explain.is_empty()));
     }
 
