@@ -131,19 +131,23 @@ pub fn rows(host: &Value, boxes: &[Option<&Value>]) -> Vec<Row> {
     );
     add(
         "processes visible",
-        "PIDs the workload can see in /proc: a PID namespace or a guest shows only the box's own.",
+        "PIDs the workload can see in /proc: a PID namespace shows only the box's own; a guest shows its own kernel's threads, never the host's.",
         &|v, is_host| {
             let n = v["pids_visible"].as_array().map_or(0, Vec::len);
-            cell(
-                n.to_string(),
-                if is_host {
-                    "info"
-                } else if n <= 3 {
-                    "good"
-                } else {
-                    "bad"
-                },
-            )
+            let own = own_kernel(v, host);
+            let text = if own {
+                format!("{n} (guest's)")
+            } else {
+                n.to_string()
+            };
+            let class = if is_host {
+                "info"
+            } else if n <= 3 || own {
+                "good"
+            } else {
+                "bad"
+            };
+            cell(text, class)
         },
     );
     add(
