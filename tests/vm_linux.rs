@@ -39,23 +39,25 @@ fn vm(env: &Env, kernel: &PathBuf, args: &[&str]) -> std::io::Result<Output> {
         .output()
 }
 
-fn kvm_or_skip() -> bool {
-    if std::path::Path::new("/dev/kvm").exists() {
-        return true;
-    }
-    eprintln!("skipped: this host has no /dev/kvm");
-    false
-}
-
-#[test]
-fn a_linux_workload_runs_and_its_status_output_and_memory_come_back() -> TestResult {
-    if !kvm_or_skip() {
-        return Ok(());
+/// The guest kernel and an env holding the busybox base image; `None`
+/// (with a message) where the host has no /dev/kvm.
+fn setup() -> Result<Option<(PathBuf, Env)>, Box<dyn std::error::Error>> {
+    if !std::path::Path::new("/dev/kvm").exists() {
+        eprintln!("skipped: this host has no /dev/kvm");
+        return Ok(None);
     }
     let kernel = kernel()?;
     let env = Env::new();
     let out = env.run(&["image", "build-base"]);
     assert_eq!(code(&out), 0, "{}", stderr(&out));
+    Ok(Some((kernel, env)))
+}
+
+#[test]
+fn a_linux_workload_runs_and_its_status_output_and_memory_come_back() -> TestResult {
+    let Some((kernel, env)) = setup()? else {
+        return Ok(());
+    };
     let out = vm(
         &env,
         &kernel,
@@ -99,13 +101,9 @@ fn a_linux_workload_runs_and_its_status_output_and_memory_come_back() -> TestRes
 
 #[test]
 fn a_missing_command_gives_127_and_a_timeout_kills_the_guest() -> TestResult {
-    if !kvm_or_skip() {
+    let Some((kernel, env)) = setup()? else {
         return Ok(());
-    }
-    let kernel = kernel()?;
-    let env = Env::new();
-    let out = env.run(&["image", "build-base"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    };
     let out = vm(
         &env,
         &kernel,
@@ -132,13 +130,9 @@ fn a_missing_command_gives_127_and_a_timeout_kills_the_guest() -> TestResult {
 
 #[test]
 fn two_vcpus_give_the_guest_two_cpus() -> TestResult {
-    if !kvm_or_skip() {
+    let Some((kernel, env)) = setup()? else {
         return Ok(());
-    }
-    let kernel = kernel()?;
-    let env = Env::new();
-    let out = env.run(&["image", "build-base"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    };
     let out = vm(
         &env,
         &kernel,

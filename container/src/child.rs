@@ -17,6 +17,7 @@
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
+use std::os::unix::ffi::OsStrExt;
 
 use nix::errno::Errno;
 
@@ -304,5 +305,3 @@ fn steps(p: &ChildPlan) -> Result<Never, (Stage, Errno)> {
     }
     Err((Stage::Exec, err))
 }
-
-use std::os::unix::ffi::OsStrExt;

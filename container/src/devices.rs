@@ -9,6 +9,8 @@
 use std::ffi::CString;
 
 use nix::errno::Errno;
+
+use crate::cstring as c;
 use nix::mount::{mount, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
@@ -48,10 +50,6 @@ pub struct DevPlan {
     pub console: Option<(CString, CString)>,
     /// Bind host nodes instead of `mknod` (user namespace).
     pub bind: bool,
-}
-
-fn c(s: &str) -> CString {
-    CString::new(s.replace('\0', "")).unwrap_or_default()
 }
 
 /// Plans /dev under `root` (the merged rootfs before `pivot_root`).

@@ -27,4 +27,10 @@ pub mod spawn;
 pub mod user;
 
 pub use config::{ContainerConfig, Limits};
+
+/// A C string of `s` for the child's plan. Every caller passes text built
+/// from validated parts (no NUL); a NUL is dropped rather than panicking.
+pub(crate) fn cstring(s: &str) -> std::ffi::CString {
+    std::ffi::CString::new(s.replace('\0', "")).unwrap_or_default()
+}
 pub use run::{run, Ending, Exit, Outcome};

@@ -6,6 +6,8 @@
 use std::ffi::CString;
 
 use nix::errno::Errno;
+
+use crate::cstring as c;
 use nix::mount::{mount, MsFlags};
 
 /// One `mount(2)` call.
@@ -49,11 +51,6 @@ pub const READ_ONLY: [&str; 5] = [
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
-
-fn c(s: &str) -> CString {
-    // Every caller passes a path built from validated parts with no NUL.
-    CString::new(s.replace('\0', "")).unwrap_or_default()
-}
 
 const NOSUID_NODEV_NOEXEC: MsFlags = MsFlags::MS_NOSUID
     .union(MsFlags::MS_NODEV)

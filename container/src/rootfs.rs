@@ -10,6 +10,8 @@
 use std::ffi::CString;
 
 use nix::errno::Errno;
+
+use crate::cstring as c;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{lstat, Mode, SFlag};
 
@@ -31,10 +33,6 @@ pub struct RootPlan {
     /// Top-level directories the kernel file systems are mounted on; each
     /// must be a real directory, never an image's symlink.
     pub mount_points: Vec<CString>,
-}
-
-fn c(s: &str) -> CString {
-    CString::new(s.replace('\0', "")).unwrap_or_default()
 }
 
 /// Plans the root for an image at `rootfs` (validated: no ',', ':' or '\',

@@ -21,6 +21,7 @@ use nix::unistd::Pid;
 use crate::cgroups::{self, Cgroup};
 use crate::child::{self, ChildPlan, Stage};
 use crate::config::{self, ContainerConfig};
+use crate::cstring as c;
 use crate::spawn::{self, Fork};
 use crate::{caps, devices, idmap, mounts, rootfs, user};
 
@@ -132,10 +133,6 @@ pub struct Outcome {
     pub memory_peak: Option<u64>,
     /// Where the time went.
     pub timings: Timings,
-}
-
-fn c(s: &str) -> CString {
-    CString::new(s.replace('\0', "")).unwrap_or_default()
 }
 
 /// The signals that make the launcher kill the box and clean up.

@@ -14,13 +14,8 @@ use crate::cli::ContainerBenchArgs;
 use crate::subjects::container::{CPUS, MEMORY, PIDS};
 use crate::subjects::lab::Lab;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        0.0
-    } else {
-        stats::quantile(&v, 0.5)
-    }
+fn median(v: Vec<f64>) -> f64 {
+    stats::summarize(&v).map_or(0.0, |s| s.p50)
 }
 
 /// Runs `twinbox bench container`.

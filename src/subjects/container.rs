@@ -103,8 +103,7 @@ impl Subject for Unshare {
         })
     }
     fn probe(&self, args: &[&str]) -> Option<Command> {
-        let mut argv = vec!["/probe"];
-        argv.extend_from_slice(args);
+        let argv = super::probe_argv(args);
         Some(self.with(&argv))
     }
     fn version(&self) -> Option<String> {
@@ -170,8 +169,7 @@ impl Subject for TwinboxContainer {
         })
     }
     fn probe(&self, args: &[&str]) -> Option<Command> {
-        let mut argv = vec!["/probe"];
-        argv.extend_from_slice(args);
+        let argv = super::probe_argv(args);
         Some(self.command_with(&argv))
     }
     fn limited(&self, argv: &[&str]) -> Option<Command> {
@@ -272,8 +270,7 @@ impl Subject for OciRuntime {
         })
     }
     fn probe(&self, args: &[&str]) -> Option<Command> {
-        let mut argv = vec!["/probe"];
-        argv.extend_from_slice(args);
+        let argv = super::probe_argv(args);
         Some(self.command_argv(&argv))
     }
     fn version(&self) -> Option<String> {

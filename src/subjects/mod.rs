@@ -5,3 +5,11 @@ pub mod container;
 pub mod floor;
 pub mod lab;
 pub mod vm;
+
+/// The argv that runs the isolation probe (at /probe in the benchmark's
+/// image) with `args`.
+pub fn probe_argv<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut argv = vec!["/probe"];
+    argv.extend_from_slice(args);
+    argv
+}

@@ -85,8 +85,7 @@ impl Subject for TwinboxVm {
         })
     }
     fn probe(&self, args: &[&str]) -> Option<Command> {
-        let mut argv = vec!["/probe"];
-        argv.extend_from_slice(args);
+        let argv = super::probe_argv(args);
         Some(self.with(&["--timeout", "400s"], &argv))
     }
     fn limited(&self, argv: &[&str]) -> Option<Command> {

@@ -320,7 +320,7 @@ pub fn contain(subject: &dyn Subject, bomb: &str, argv: &[&str]) -> Option<Conta
 /// Distinct system calls the host kernel served for one run of `cmd`
 /// (every process and thread it made, counted by `strace -f`), if strace
 /// is there and left a log.
-pub fn distinct_host_syscalls(mut cmd: Command) -> Option<usize> {
+pub fn distinct_host_syscalls(cmd: Command) -> Option<usize> {
     let dir = tempfile::tempdir().ok()?;
     let log = dir.path().join("strace.log");
     let mut st = Command::new("strace");
@@ -342,7 +342,6 @@ pub fn distinct_host_syscalls(mut cmd: Command) -> Option<usize> {
         .stderr(Stdio::null())
         .status()
         .ok()?;
-    let _ = &mut cmd;
     let text = std::fs::read_to_string(&log).ok()?;
     let names: BTreeSet<&str> = text
         .lines()

@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::pss;
-use crate::stats::quantile;
+use crate::stats::summarize;
 use crate::subject::{Idle, Subject};
 
 /// Errors of the memory scenario.
@@ -182,9 +182,7 @@ pub fn idle(subject: &dyn Subject, reps: usize) -> IdleResult {
             }
         }
     }
-    let mut v = r.samples_kib.clone();
-    v.sort_by(f64::total_cmp);
-    r.pss_kib = (!v.is_empty()).then(|| quantile(&v, 0.5));
+    r.pss_kib = summarize(&r.samples_kib).map(|s| s.p50);
     r
 }
 
@@ -202,7 +200,7 @@ fn mem_available_kib() -> Option<u64> {
 
 /// The median of `n` readings of MemAvailable 50 ms apart.
 fn settled_available(n: usize) -> Option<f64> {
-    let mut v: Vec<f64> = (0..n)
+    let v: Vec<f64> = (0..n)
         .filter_map(|i| {
             if i > 0 {
                 std::thread::sleep(Duration::from_millis(50));
@@ -210,8 +208,7 @@ fn settled_available(n: usize) -> Option<f64> {
             mem_available_kib().map(|k| k as f64)
         })
         .collect();
-    v.sort_by(f64::total_cmp);
-    (!v.is_empty()).then(|| quantile(&v, 0.5))
+    summarize(&v).map(|s| s.p50)
 }
 
 /// Starts `k` idle boxes of `subject` at once, `reps` times, and measures
@@ -263,8 +260,6 @@ pub fn density(subject: &dyn Subject, k: usize, reps: usize) -> DensityResult {
             return r;
         }
     }
-    let mut v = r.per_box_kib.clone();
-    v.sort_by(f64::total_cmp);
-    r.median_kib = (!v.is_empty()).then(|| quantile(&v, 0.5));
+    r.median_kib = summarize(&r.per_box_kib).map(|s| s.p50);
     r
 }

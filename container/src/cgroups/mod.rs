@@ -223,16 +223,7 @@ impl Cgroup {
 
     /// SIGKILLs every task still in the groups.
     pub fn kill_all(&self) {
-        for d in self.dirs() {
-            if let Ok(t) = std::fs::read_to_string(d.join("cgroup.procs")) {
-                for pid in t.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                    let _ = nix::sys::signal::kill(
-                        nix::unistd::Pid::from_raw(pid),
-                        nix::sys::signal::Signal::SIGKILL,
-                    );
-                }
-            }
-        }
+        self.dirs().for_each(kill_dir);
     }
 
     /// Removes the groups, killing what is left in them and waiting (up to
