@@ -276,6 +276,11 @@ pub struct RunArgs {
     /// Show the guest kernel's messages (VM mode).
     #[arg(long)]
     pub debug: bool,
+    /// Profile the guest (VM mode): sample where each vCPU is every 10 ms
+    /// and KVM's counters, and write a report naming the kernel functions
+    /// (from the kernel's System.map) to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
     /// The image.
     pub image: String,
     /// The command and its arguments (default: the image's).

@@ -11,10 +11,12 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use twinbox_images::initramfs::{self, Newc};
 use twinbox_images::kernel;
+use twinbox_vmm::profile::{Profile, Symbols};
 use twinbox_vmm::{vm, StopReason, VmConfig};
 
 use super::Backend;
@@ -37,6 +39,29 @@ struct Spec<'a> {
 pub struct VmBackend {
     /// Show the guest kernel's messages.
     pub debug: bool,
+    /// Profile the guest and write the report here.
+    pub profile: Option<PathBuf>,
+}
+
+/// How often the profiler samples.
+pub const PROFILE_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Writes the profile of a run to `out`, naming addresses with the
+/// `System.map` beside `kernel` (addresses stay unnamed without one).
+pub fn write_profile(out: &Path, profile: &Profile, kernel: &Path) -> Result<()> {
+    let map = kernel.with_file_name("System.map");
+    let symbols = match std::fs::read_to_string(&map) {
+        Ok(text) => Symbols::from_system_map(&text),
+        Err(e) => {
+            eprintln!(
+                "twinbox: no symbols for the profile ({}: {e})",
+                map.display()
+            );
+            Symbols::default()
+        }
+    };
+    let text = profile.report(&symbols, 40, Duration::from_secs(1));
+    std::fs::write(out, text).with_context(|| format!("writing {}", out.display()))
 }
 
 /// Finds the static guest init: `$TWINBOX_INIT`, where `scripts/bootstrap`
@@ -129,13 +154,17 @@ impl Backend for VmBackend {
         let run_cpio = scratch.path().join("run.cpio");
         run_archive(&run_cpio, &init, &spec)?;
 
-        let mut c = VmConfig::new(kernel_path);
+        let mut c = VmConfig::new(&kernel_path);
         c.initrd = vec![image, run_cpio];
         c.cmdline = cmdline(self.debug);
         c.memory = w.limits.memory.unwrap_or(DEFAULT_MEMORY);
         c.vcpus = w.limits.cpus.map_or(1, |n| n as u32);
         c.timeout = w.limits.timeout;
+        c.profile = self.profile.as_ref().map(|_| PROFILE_INTERVAL);
         let o = vm::run(&c, Box::new(std::io::stdout()))?;
+        if let (Some(out), Some(p)) = (&self.profile, &o.profile) {
+            write_profile(out, p, &kernel_path)?;
+        }
         match o.reason {
             StopReason::Exited(code) => Ok(code & 0xff),
             StopReason::TimedOut(t) => {

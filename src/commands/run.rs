@@ -13,13 +13,20 @@ use crate::workload;
 /// Runs `twinbox run`; returns the workload's exit code.
 pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
     let w = workload::resolve(store, args)?;
+    if args.profile.is_some() && w.isolation != Isolation::Vm {
+        anyhow::bail!("--profile profiles a guest: it needs --isolation vm");
+    }
     if args.dry_run {
         println!("{}", serde_json::to_string_pretty(&w)?);
         return Ok(0);
     }
     match w.isolation {
         Isolation::Vm => {
-            let code = VmBackend { debug: args.debug }.run(&w)?;
+            let code = VmBackend {
+                debug: args.debug,
+                profile: args.profile.clone(),
+            }
+            .run(&w)?;
             Ok(code as u8)
         }
         Isolation::Container => {

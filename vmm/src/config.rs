@@ -25,6 +25,9 @@ pub enum Error {
         /// Why it cannot work.
         why: String,
     },
+    /// Profiling interval out of range.
+    #[error("profiling every {0:?}: want 1 ms to 10 s")]
+    Profile(Duration),
     /// Command line too long or with a NUL byte.
     #[error("kernel command line: {0}")]
     Cmdline(String),
@@ -36,6 +39,11 @@ pub const MIN_MEMORY: u64 = 8 << 20;
 pub const MAX_MEMORY: u64 = 1 << 40;
 /// Most vCPUs (the MP table's APIC ids are 8 bits; 255 is broadcast).
 pub const MAX_VCPUS: u32 = 254;
+
+/// Shortest profiling interval: each tick costs every vCPU an exit.
+pub const PROFILE_MIN_INTERVAL: Duration = Duration::from_millis(1);
+/// Longest profiling interval.
+pub const PROFILE_MAX_INTERVAL: Duration = Duration::from_secs(10);
 
 /// What a VM is made of.
 #[derive(Debug, Clone)]
@@ -63,6 +71,12 @@ pub struct VmConfig {
     /// which cost 15-24 ms per VM at exit on the PVM host where this was
     /// measured. QEMU's microvm machine has the same switch (`pit=off`).
     pub pit: bool,
+    /// A disk image the guest sees as `/dev/pmem0` ([`crate::pmem`]): its
+    /// size a multiple of 2 MiB; mapped private, never written.
+    pub pmem: Option<PathBuf>,
+    /// Sample every vCPU's RIP and KVM's counters this often
+    /// ([`crate::profile`]); off by default.
+    pub profile: Option<Duration>,
 }
 
 impl VmConfig {
@@ -77,6 +91,8 @@ impl VmConfig {
             timeout: None,
             seccomp: true,
             pit: false,
+            pmem: None,
+            profile: None,
         }
     }
 
@@ -117,6 +133,12 @@ impl VmConfig {
         if self.cmdline.contains('\0') {
             return Err(Error::Cmdline("contains a NUL byte".into()));
         }
+        if let Some(p) = self
+            .profile
+            .filter(|p| *p < PROFILE_MIN_INTERVAL || *p > PROFILE_MAX_INTERVAL)
+        {
+            return Err(Error::Profile(p));
+        }
         Ok(())
     }
 
@@ -151,5 +173,12 @@ mod tests {
         c.vcpus = 1;
         c.cmdline = "x".repeat(5000);
         assert!(matches!(c.validate(None, 2), Err(Error::Cmdline(_))));
+        c.cmdline.clear();
+        c.profile = Some(Duration::ZERO);
+        assert!(matches!(c.validate(None, 2), Err(Error::Profile(_))));
+        c.profile = Some(Duration::from_secs(3600));
+        assert!(matches!(c.validate(None, 2), Err(Error::Profile(_))));
+        c.profile = Some(Duration::from_millis(10));
+        assert!(c.validate(None, 2).is_ok());
     }
 }

@@ -70,7 +70,7 @@ impl Kind {
     pub fn guest_cmdline(self) -> &'static str {
         match self {
             Self::Pvm { .. } => {
-                "noxsave no_int3_selftest twinbox_pvm_syscall twinbox_no_fwait clearcpuid=popcnt,smap"
+                "noxsave no_int3_selftest twinbox_pvm_syscall twinbox_no_fwait clearcpuid=popcnt,smap,erms,fsrm noreplace-smp rodata=off"
             }
             _ => "",
         }

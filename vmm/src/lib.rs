@@ -8,9 +8,10 @@
 //! PVM alike ([`hypervisor`] tells them apart).
 //!
 //! Layout: [`arch`] (x86_64 boot state, CPUID, MSRs, MP table, zero page),
-//! [`memory`], [`loader`], [`devices`] (8250 UART, i8042, exit and boot-timer
+//! [`memory`], [`pmem`] (a disk image as legacy persistent memory), [`loader`], [`devices`] (8250 UART, i8042, exit and boot-timer
 //! ports), [`vcpu`], [`vm`], [`seccomp`] (per-thread filters, compiled at
-//! build time). [`null_guest`] builds the smallest possible
+//! build time), [`profile`] and [`stats`] (a sampling profiler of the guest
+//! and KVM's counters). [`null_guest`] builds the smallest possible
 //! guest, used to measure the monitor alone.
 
 pub mod arch;
@@ -21,7 +22,10 @@ pub mod hypervisor;
 pub mod loader;
 pub mod memory;
 pub mod null_guest;
+pub mod pmem;
+pub mod profile;
 pub mod seccomp;
+pub mod stats;
 pub mod vcpu;
 pub mod vm;
 

@@ -1,14 +1,18 @@
 //! Guest RAM: anonymous `MAP_NORESERVE` mappings laid out around the MMIO
 //! gap, registered with KVM as one memory slot per region. Pages are only
-//! backed by host memory when the guest touches them.
+//! backed by host memory when the guest touches them. A pmem image
+//! ([`crate::pmem`]) is one more region: its file mapped private.
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
+use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MemoryRegionAddress,
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap, MemoryRegionAddress,
 };
 
 use crate::arch::layout;
+use crate::pmem::Pmem;
 
 /// Errors of setting up guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -16,18 +20,38 @@ pub enum Error {
     /// The host would not map the memory.
     #[error("mapping {0} bytes of guest memory")]
     Map(u64),
+    /// The pmem image could not be mapped.
+    #[error("mapping the pmem image ({0} bytes)")]
+    MapPmem(u64, #[source] std::io::Error),
     /// KVM refused a memory slot.
     #[error("KVM_SET_USER_MEMORY_REGION")]
     Register(#[source] kvm_ioctls::Error),
 }
 
-/// Maps `size` bytes of guest RAM and registers it with `vm`.
-pub fn create(vm: &VmFd, size: u64) -> Result<GuestMemoryMmap, Error> {
-    let ranges: Vec<(GuestAddress, usize)> = layout::ram_regions(size)
+/// Maps `size` bytes of guest RAM (and `pmem`, if any) and registers it
+/// with `vm`.
+pub fn create(vm: &VmFd, size: u64, pmem: Option<&Pmem>) -> Result<GuestMemoryMmap, Error> {
+    let mut regions = layout::ram_regions(size)
         .into_iter()
-        .map(|(start, len)| (GuestAddress(start), len as usize))
-        .collect();
-    let mem = GuestMemoryMmap::from_ranges(&ranges).map_err(|_| Error::Map(size))?;
+        .map(|(start, len)| GuestRegionMmap::from_range(GuestAddress(start), len as usize, None))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| Error::Map(size))?;
+    if let Some(p) = pmem {
+        let io = |e| Error::MapPmem(p.size, e);
+        let file = p.file.try_clone().map_err(io)?;
+        // Private: the guest's writes go to copies of the pages, never to
+        // the file; PROT_WRITE on a read-only fd is allowed for that.
+        let mapping = MmapRegionBuilder::new(p.size as usize)
+            .with_file_offset(FileOffset::new(file, 0))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| io(std::io::Error::other(e.to_string())))?;
+        let region = GuestRegionMmap::new(mapping, GuestAddress(p.base))
+            .ok_or_else(|| io(std::io::Error::other("address overflow")))?;
+        regions.push(region);
+    }
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(|_| Error::Map(size))?;
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))

@@ -15,6 +15,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use crate::arch::{cpuid, msr, regs};
 use crate::devices::Devices;
 use crate::event::Event;
+use crate::profile::Sampler;
 
 /// Errors of setting up a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -124,13 +125,14 @@ fn internal_error(vcpu: &mut VcpuFd) -> String {
 
 /// Runs `vcpu` until `stop` is set (and the thread kicked) or the vCPU
 /// stops on its own; what stopped it goes to `events`.
-pub fn run(
+pub(crate) fn run(
     mut vcpu: VcpuFd,
     index: u32,
     devices: Arc<Devices>,
     stop: Arc<AtomicBool>,
     events: Sender<Event>,
     seccomp: bool,
+    sampler: Option<Arc<Sampler>>,
 ) {
     // The guest's input is only ever handled under the filter.
     if seccomp {
@@ -175,6 +177,13 @@ pub fn run(
         if let Some(e) = event {
             let _ = events.send(e);
             break;
+        }
+        if let Some(s) = &sampler {
+            if s.take_due(index) {
+                if let Ok(r) = vcpu.get_regs() {
+                    s.record(index, r.rip);
+                }
+            }
         }
     }
 }

@@ -25,6 +25,8 @@ use crate::config::{self, VmConfig};
 use crate::devices::ports::Mark;
 use crate::devices::{serial::Console, Devices};
 use crate::event::Event;
+use crate::profile::{Profile, Sampler, StatsPoint};
+use crate::stats::StatsFd;
 use crate::{hypervisor, loader, memory, vcpu};
 
 /// Errors of building or running a VM. A guest that misbehaves is not an
@@ -37,6 +39,9 @@ pub enum Error {
     /// A KVM call failed.
     #[error("{0}")]
     Kvm(&'static str, #[source] kvm_ioctls::Error),
+    /// The pmem image cannot be used.
+    #[error("pmem")]
+    Pmem(#[from] crate::pmem::Error),
     /// Guest memory could not be set up.
     #[error("guest memory")]
     Memory(#[from] memory::Error),
@@ -112,6 +117,8 @@ pub struct Outcome {
     pub marks: Vec<Mark>,
     /// Timings, from the start of [`run`].
     pub timings: Timings,
+    /// What the profiler recorded, when [`VmConfig::profile`] asked for it.
+    pub profile: Option<Profile>,
 }
 
 /// Most console bytes forwarded to the caller's writer (the rest is dropped;
@@ -168,7 +175,11 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
     // Memory before the irqchip: registering a memslot once the irqchip
     // exists waits for an SRCU grace period (7 ms on PVM); before, 0.2 ms.
     let size = config.memory_pages_bytes();
-    let mem = memory::create(&vm, size)?;
+    let pmem = match &config.pmem {
+        Some(path) => Some(crate::pmem::open(path, size)?),
+        None => None,
+    };
+    let mem = memory::create(&vm, size, pmem.as_ref())?;
     vm.set_tss_address(layout::KVM_TSS as usize)
         .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
     vm.create_irq_chip()
@@ -197,8 +208,18 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
         (false, extra) => format!("{} {extra}", config.cmdline),
     };
     let cmdline_len = loader::cmdline(&mem, &cmdline)?;
-    boot_params::write(&mem, loaded.header, cmdline_len, initrd, &regions)
-        .map_err(|e| Error::Boot(e.to_string()))?;
+    let seed = boot_params::rng_seed().map_err(|e| Error::Boot(e.to_string()))?;
+    let pmem_range = pmem.as_ref().map(|p| (p.base, p.size));
+    boot_params::write(
+        &mem,
+        loaded.header,
+        cmdline_len,
+        initrd,
+        &regions,
+        pmem_range,
+        &seed,
+    )
+    .map_err(|e| Error::Boot(e.to_string()))?;
     mptable::write(&mem, config.vcpus).map_err(|e| Error::Boot(e.to_string()))?;
     regs::write_tables(&mem).map_err(|e| Error::Boot(e.to_string()))?;
     timings.guest_loaded = t0.elapsed();
@@ -223,15 +244,24 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
         .map(|i| vcpu::create(&vm, &supported, i, config.vcpus, loaded.entry))
         .collect::<Result<Vec<_>, _>>()?;
 
+    let sampler = config
+        .profile
+        .map(|_| Arc::new(Sampler::new(t0, config.vcpus)));
+    // Opened before the filters; a host without binary stats profiles RIPs only.
+    let stats: Vec<StatsFd> = match config.profile {
+        Some(_) => vcpus.iter().filter_map(|v| StatsFd::open(v).ok()).collect(),
+        None => Vec::new(),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
     let mut spawn_error = None;
     for (i, v) in vcpus.into_iter().enumerate() {
         let (devices, stop, tx) = (devices.clone(), stop.clone(), tx.clone());
         let seccomp = config.seccomp;
+        let sampler = sampler.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
-            .spawn(move || vcpu::run(v, i as u32, devices, stop, tx, seccomp));
+            .spawn(move || vcpu::run(v, i as u32, devices, stop, tx, seccomp, sampler));
         match spawned {
             Ok(t) => threads.push(t),
             Err(e) => {
@@ -247,8 +277,28 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
         (None, true) => crate::seccomp::install(crate::seccomp::Thread::Vmm).map_err(Some),
         _ => Ok(()),
     };
+    let mut points = Vec::new();
     let reason = match (&spawn_error, &filtered) {
-        (None, Ok(())) => Some(wait(&rx, config.timeout, t0)),
+        (None, Ok(())) => {
+            let mut tick = || {
+                if let Some(s) = &sampler {
+                    s.request();
+                    for t in threads.iter().filter(|t| !t.is_finished()) {
+                        let _ = t.kill(kick_signal());
+                    }
+                }
+                for (i, fd) in stats.iter().enumerate() {
+                    if let Ok(values) = fd.read() {
+                        points.push(StatsPoint {
+                            at: t0.elapsed(),
+                            vcpu: i as u32,
+                            values,
+                        });
+                    }
+                }
+            };
+            Some(wait(&rx, config.timeout, config.profile, &mut tick, t0))
+        }
         _ => None,
     };
     timings.stopped = t0.elapsed();
@@ -258,6 +308,20 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
     let console_tail = devices.console_tail();
     let marks = devices.marks();
     drop(devices);
+    let profile = match (config.profile, &sampler) {
+        (Some(interval), Some(s)) => {
+            let (samples, dropped) = s.take();
+            Some(Profile {
+                interval,
+                samples,
+                dropped,
+                stat_names: stats.first().map(StatsFd::names).unwrap_or_default(),
+                stats: points,
+            })
+        }
+        _ => None,
+    };
+    drop(stats);
     drop(vm);
     drop(mem);
     timings.torn_down = t0.elapsed();
@@ -267,6 +331,7 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
             console_tail,
             marks,
             timings,
+            profile,
         }),
         (None, Some(e), _) => Err(Error::Thread(e)),
         (None, None, Err(Some(e))) => Err(e.into()),
@@ -274,20 +339,34 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
     }
 }
 
-/// Waits for the first stop event or the timeout.
-fn wait(rx: &mpsc::Receiver<Event>, timeout: Option<Duration>, t0: Instant) -> StopReason {
-    let event = match timeout {
-        Some(limit) => match rx.recv_timeout(limit.saturating_sub(t0.elapsed())) {
-            Ok(e) => e,
-            Err(RecvTimeoutError::Timeout) => return StopReason::TimedOut(limit),
-            Err(RecvTimeoutError::Disconnected) => {
-                return StopReason::KvmError("every vCPU thread ended".into())
-            }
-        },
-        None => match rx.recv() {
-            Ok(e) => e,
-            Err(_) => return StopReason::KvmError("every vCPU thread ended".into()),
-        },
+/// Waits for the first stop event or the timeout, calling `tick` every
+/// `interval` meanwhile (when there is one).
+fn wait(
+    rx: &mpsc::Receiver<Event>,
+    timeout: Option<Duration>,
+    interval: Option<Duration>,
+    tick: &mut dyn FnMut(),
+    t0: Instant,
+) -> StopReason {
+    let ended = || StopReason::KvmError("every vCPU thread ended".into());
+    let event = loop {
+        let left = timeout.map(|limit| limit.saturating_sub(t0.elapsed()));
+        let slice = match (left, interval) {
+            (Some(l), Some(i)) => Some(l.min(i)),
+            (l, i) => l.or(i),
+        };
+        let got = match slice {
+            Some(d) => rx.recv_timeout(d),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        match got {
+            Ok(e) => break e,
+            Err(RecvTimeoutError::Disconnected) => return ended(),
+            Err(RecvTimeoutError::Timeout) => match timeout {
+                Some(limit) if t0.elapsed() >= limit => return StopReason::TimedOut(limit),
+                _ => tick(),
+            },
+        }
     };
     match event {
         Event::Exited(code) => StopReason::Exited(code),

@@ -211,3 +211,49 @@ fn bad_vcpu_counts_and_command_lines_are_refused() -> TestResult {
     assert!(matches!(e, Err(vm::Error::Load(_))), "{e:?}");
     Ok(())
 }
+
+#[test]
+fn the_profiler_samples_every_vcpu_where_it_runs() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut c = config(guest(dir.path(), "spin", Program::Spin)?);
+    c.vcpus = 2;
+    c.timeout = Some(Duration::from_millis(400));
+    c.profile = Some(Duration::from_millis(5));
+    let o = vm::run(&c, Box::new(std::io::sink()))?;
+    assert_eq!(o.reason, StopReason::TimedOut(Duration::from_millis(400)));
+    let p = o.profile.ok_or("no profile from a profiled run")?;
+    for vcpu in 0..2 {
+        let mine: Vec<_> = p.samples.iter().filter(|s| s.vcpu == vcpu).collect();
+        // 400 ms at 5 ms is 80 ticks; leave room for a slow host.
+        assert!(mine.len() >= 10, "vCPU {vcpu}: {} samples", mine.len());
+        for s in mine {
+            assert!(
+                (null_guest::LOAD_ADDR..null_guest::LOAD_ADDR + 4096).contains(&s.rip),
+                "vCPU {vcpu} sampled at {:#x}, outside the guest's code",
+                s.rip
+            );
+        }
+    }
+    // KVM's counters, where the host has binary stats (Linux 5.14+): every
+    // kick that lands in KVM_RUN is a signal exit, and counters only grow.
+    if let Some(exits) = p.stat_names.iter().position(|n| n == "signal_exits") {
+        let of = |vcpu| -> Vec<u64> {
+            p.stats
+                .iter()
+                .filter(|s| s.vcpu == vcpu)
+                .map(|s| s.values[exits])
+                .collect()
+        };
+        for vcpu in 0..2 {
+            let seen = of(vcpu);
+            assert!(seen.len() >= 10, "vCPU {vcpu}: {} readings", seen.len());
+            assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
+            assert!(seen.last() > Some(&0), "{seen:?}");
+        }
+    }
+
+    c.profile = None;
+    let o = vm::run(&c, Box::new(std::io::sink()))?;
+    assert!(o.profile.is_none());
+    Ok(())
+}

@@ -31,6 +31,9 @@ pub const CMDLINE: u64 = 0x20000;
 /// Largest command line accepted, with its NUL (Linux 6.1 on x86 reads up to
 /// 2048 bytes of it).
 pub const CMDLINE_MAX: usize = 4096;
+/// The boot protocol's `setup_data` list (one entry: the RNG seed), right
+/// after the command line.
+pub const SETUP_DATA: u64 = CMDLINE + CMDLINE_MAX as u64;
 /// Start of the EBDA, where the MP table goes.
 pub const EBDA_START: u64 = 0x9fc00;
 /// Where the kernel is loaded.

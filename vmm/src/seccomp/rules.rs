@@ -53,8 +53,10 @@ pub const VCPU_ONLY: &[Allowed] =
     &[Allowed { name: "ioctl", nr: libc::SYS_ioctl, arg1: &[KVM_RUN, KVM_GET_REGS] }];
 
 /// The VMM thread once the vCPUs run, besides [`RUNTIME`]: wait, kick the
-/// vCPU threads (pthread_kill is getpid + tgkill), tear down.
+/// vCPU threads (pthread_kill is getpid + tgkill), tear down; pread64 reads
+/// KVM's statistics files when profiling (fds opened before the filter).
 pub const VMM_ONLY: &[Allowed] = &[
+    allow("pread64", libc::SYS_pread64),
     allow("clock_nanosleep", libc::SYS_clock_nanosleep),
     allow("nanosleep", libc::SYS_nanosleep),
     allow("getpid", libc::SYS_getpid),
