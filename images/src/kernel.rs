@@ -86,6 +86,14 @@ pub const PATCHES: &[(&str, &str)] = &[
         "0004-char-devport-on-x86.patch",
         include_str!("../kernel/patches/0004-char-devport-on-x86.patch"),
     ),
+    (
+        "0005-x86-e820-pmem-without-pci.patch",
+        include_str!("../kernel/patches/0005-x86-e820-pmem-without-pci.patch"),
+    ),
+    (
+        "0006-sysfs-twinbox_lean_sysfs.patch",
+        include_str!("../kernel/patches/0006-sysfs-twinbox_lean_sysfs.patch"),
+    ),
 ];
 /// Bumped when the build steps change in a way that changes the result.
 const RECIPE_VERSION: u32 = 1;
