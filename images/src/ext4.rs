@@ -1,5 +1,6 @@
 //! Packs a rootfs into an ext4 disk image (`mkfs.ext4 -d`), cached by
-//! content hash, byte-for-byte deterministic.
+//! image id or content hash, byte-for-byte deterministic. Its size is a
+//! multiple of 2 MiB, so the VMM can map it as a guest's pmem disk.
 //!
 //! `mkfs.ext4 -d` copies each source file's access and change times, which
 //! change whenever the store is read; and e2fsprogs 1.47.0 (Debian 12) has
@@ -62,9 +63,9 @@ fn geometry(root: &Path) -> std::io::Result<(u64, u64, u64)> {
         .sum();
     let inodes = entries.len() as u64 + 64;
     // Data, inode tables (256 bytes each), 25% slack, 16 MiB for metadata
-    // and for the workload to write.
+    // and for the workload to write; whole 2 MiB (a pmem disk's unit).
     let bytes = (blocks * BLOCK + inodes * 256) * 5 / 4 + (16 << 20);
-    Ok((bytes.div_ceil(1 << 20) << 20, inodes, entries.len() as u64))
+    Ok((bytes.div_ceil(2 << 20) << 21, inodes, entries.len() as u64))
 }
 
 /// Formats `hash` (hex) as a UUID.
@@ -79,16 +80,29 @@ fn uuid(hash: &str) -> String {
     )
 }
 
-/// Builds the image of `root` into the cache (once per content) and returns it.
-pub fn build(root: &Path) -> Result<PathBuf> {
+/// Builds the image of `root` into the cache and returns it. The entry is
+/// named by `key` when the caller has one that names the rootfs's content
+/// (an image id: then the rootfs is not read to find a cached image), else
+/// by the rootfs's content hash.
+pub fn build(root: &Path, key: Option<&str>) -> Result<PathBuf> {
+    use sha2::Digest;
     let io_err = |path: &Path, source| Error::Io {
         path: path.to_path_buf(),
         source,
     };
-    let hash = crate::walk::content_hash(root).map_err(|e| io_err(root, e))?;
+    let (stem, hash) = match key {
+        Some(k) => {
+            let h = hex::encode(sha2::Sha256::digest(k.as_bytes()));
+            (format!("id-{}", &h[..32]), h)
+        }
+        None => {
+            let h = crate::walk::content_hash(root).map_err(|e| io_err(root, e))?;
+            (h[..32].to_string(), h)
+        }
+    };
     crate::cache::produce(
         "ext4",
-        &format!("{}.ext4", &hash[..32]),
+        &format!("{stem}.ext4"),
         |tmp| make(root, &hash, tmp),
         io_err,
     )
@@ -169,6 +183,7 @@ mod tests {
         let a = t.path().join("a.ext4");
         let b = t.path().join("b.ext4");
         make(&root, &"ab".repeat(32), &a)?;
+        assert_eq!(fs::metadata(&a)?.len() % (2 << 20), 0, "whole 2 MiB");
         // Change access and change times (a read, a no-op chmod).
         let _ = fs::read(root.join("bin/app"))?;
         let perm = fs::metadata(root.join("bin/app"))?.permissions();

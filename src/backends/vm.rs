@@ -1,7 +1,11 @@
 //! VM mode: the workload in a microVM booted by twinbox's own VMM.
 //!
-//! The guest's initramfs is two archives back to back: the image's rootfs
-//! (packed once per image id, cached) and a small per-run archive with
+//! The image's rootfs reaches the guest one of two ways. With a kernel that
+//! has legacy pmem built in (ours), as an ext4 disk (built once per image
+//! id, cached) that the VMM maps into guest memory as `/dev/pmem0`; init
+//! mounts it read-only under a tmpfs overlay. Otherwise (another kernel) in
+//! the initramfs, as an archive (packed once per image id, cached). Either
+//! way the initramfs ends with a small per-run archive with
 //! our init (`/.twinbox/init`, static), the workload spec
 //! (`/.twinbox/spec.json`) and `/dev/console`. The kernel is
 //! `$TWINBOX_KERNEL` if set, else the one our recipe built (its uncompressed
@@ -14,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use twinbox_images::ext4;
 use twinbox_images::initramfs::{self, Newc};
 use twinbox_images::kernel;
 use twinbox_vmm::profile::{Profile, Symbols};
@@ -33,6 +38,26 @@ struct Spec<'a> {
     cwd: &'a str,
     user: &'a str,
     hostname: &'a str,
+    root: &'a str,
+}
+
+/// Where the guest finds the image's root disk.
+const ROOT_DISK: &str = "/dev/pmem0";
+
+/// True if the kernel at `kernel` can take the root as a pmem disk: the
+/// `config` beside it has legacy pmem, the pmem driver and ext4 built in
+/// (a module would need a module loader in the initramfs).
+pub fn has_pmem_root(kernel: &Path) -> bool {
+    let Ok(config) = std::fs::read_to_string(kernel.with_file_name("config")) else {
+        return false;
+    };
+    [
+        "CONFIG_X86_PMEM_LEGACY=y",
+        "CONFIG_BLK_DEV_PMEM=y",
+        "CONFIG_EXT4_FS=y",
+    ]
+    .iter()
+    .all(|want| config.lines().any(|l| l == *want))
 }
 
 /// The VM backend.
@@ -128,6 +153,34 @@ pub fn cmdline(debug: bool) -> String {
     c
 }
 
+/// Boot-timer marks init writes (its `port.rs`): init started, workload
+/// about to start.
+const MARK_INIT: u8 = 1;
+const MARK_WORKLOAD: u8 = 2;
+
+/// Appends where a VM run's time went as one JSON line to `path` (set by
+/// `twinbox bench boot` through `$TWINBOX_TIMINGS`): the VMM's setup, the
+/// kernel (to init's first mark), init (to the workload's start), the
+/// workload and power-off (to the exit), the teardown; milliseconds from
+/// the start of the VM. A failure to record is not the run's failure.
+fn record_timings(path: &std::ffi::OsStr, o: &vm::Outcome, root: &str) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let mark = |id| o.marks.iter().find(|m| m.id == id).map(|m| ms(m.at));
+    let line = serde_json::json!({
+        "root": root,
+        "vcpus_started_ms": ms(o.timings.vcpus_started),
+        "init_ms": mark(MARK_INIT),
+        "workload_ms": mark(MARK_WORKLOAD),
+        "stopped_ms": ms(o.timings.stopped),
+        "torn_down_ms": ms(o.timings.torn_down),
+    });
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
+}
+
 impl Backend for VmBackend {
     fn run(&self, w: &Workload) -> Result<i32> {
         let kernel_path = match std::env::var_os("TWINBOX_KERNEL") {
@@ -141,21 +194,31 @@ impl Backend for VmBackend {
         if is_dynamic(&init)? {
             bail!("{} is dynamically linked; the guest needs a static init (scripts/bootstrap builds one)", init.display());
         }
-        let image = initramfs::build(&w.rootfs, initramfs::Compression::None, Some(&w.image_id))
-            .with_context(|| format!("packing {} into an initramfs", w.image))?;
+        let pmem_root = has_pmem_root(&kernel_path)
+            && std::env::var("TWINBOX_VM_ROOT").as_deref() != Ok("initramfs");
+        let mut c = VmConfig::new(&kernel_path);
+        if pmem_root {
+            let disk = ext4::build(&w.rootfs, Some(&w.image_id))
+                .with_context(|| format!("packing {} into an ext4 disk", w.image))?;
+            c.pmem = Some(disk);
+        } else {
+            let image =
+                initramfs::build(&w.rootfs, initramfs::Compression::None, Some(&w.image_id))
+                    .with_context(|| format!("packing {} into an initramfs", w.image))?;
+            c.initrd.push(image);
+        }
         let spec = serde_json::to_vec(&Spec {
             argv: &w.argv,
             env: &w.env,
             cwd: &w.cwd,
             user: &w.user,
             hostname: "twinbox",
+            root: if pmem_root { ROOT_DISK } else { "" },
         })?;
         let scratch = tempfile::tempdir()?;
         let run_cpio = scratch.path().join("run.cpio");
         run_archive(&run_cpio, &init, &spec)?;
-
-        let mut c = VmConfig::new(&kernel_path);
-        c.initrd = vec![image, run_cpio];
+        c.initrd.push(run_cpio);
         c.cmdline = cmdline(self.debug);
         c.memory = w.limits.memory.unwrap_or(DEFAULT_MEMORY);
         c.vcpus = w.limits.cpus.map_or(1, |n| n as u32);
@@ -164,6 +227,9 @@ impl Backend for VmBackend {
         let o = vm::run(&c, Box::new(std::io::stdout()))?;
         if let (Some(out), Some(p)) = (&self.profile, &o.profile) {
             write_profile(out, p, &kernel_path)?;
+        }
+        if let Some(path) = std::env::var_os("TWINBOX_TIMINGS") {
+            record_timings(&path, &o, if pmem_root { "pmem" } else { "initramfs" });
         }
         match o.reason {
             StopReason::Exited(code) => Ok(code & 0xff),
@@ -200,6 +266,23 @@ mod tests {
         assert!(!is_dynamic(&p)?);
         std::fs::write(&p, b"not an elf")?;
         assert!(is_dynamic(&p).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn a_pmem_root_needs_the_drivers_built_in() -> Result<()> {
+        let dir = tempfile::tempdir()?;
+        let kernel = dir.path().join("vmlinux");
+        assert!(!has_pmem_root(&kernel), "no config beside the kernel");
+        let all = "CONFIG_X86_PMEM_LEGACY=y\nCONFIG_BLK_DEV_PMEM=y\nCONFIG_EXT4_FS=y\n";
+        std::fs::write(dir.path().join("config"), all)?;
+        assert!(has_pmem_root(&kernel));
+        let module = all.replace("CONFIG_BLK_DEV_PMEM=y", "CONFIG_BLK_DEV_PMEM=m");
+        std::fs::write(dir.path().join("config"), module)?;
+        assert!(
+            !has_pmem_root(&kernel),
+            "a module cannot be loaded by our init"
+        );
         Ok(())
     }
 

@@ -1,7 +1,9 @@
 //! twinbox-init: PID 1 of twinbox's Linux guests, a small static binary.
 //!
-//! It mounts /proc, /sys, /dev (devtmpfs), /dev/pts and /dev/shm, reads the
-//! workload spec packed beside it (`/.twinbox/spec.json`), sets the
+//! It reads the workload spec packed beside it (`/.twinbox/spec.json`);
+//! when the spec names a root disk (the VMM's pmem), mounts it read-only
+//! with a tmpfs overlay on top and moves into it; mounts /proc, /sys, /dev
+//! (devtmpfs), /dev/pts and /dev/shm, sets the
 //! hostname, writes boot timer mark 1 (init started) and mark 2 (workload
 //! about to start), runs the workload with stdin on /dev/null and
 //! stdout/stderr on the console, reaps every zombie while it runs, and
@@ -15,6 +17,10 @@ mod spec;
 use std::ffi::CString;
 
 use spec::Spec;
+
+/// Longest wait for the root disk's device node (boots under an emulating
+/// hypervisor are slow).
+const DISK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Init's own failure, as Docker reports a runtime error.
 const EXIT_INIT_FAILED: i32 = 125;
@@ -63,7 +69,75 @@ fn raw_newlines() {
     }
 }
 
+/// Mounts `disk` (ext4, read-only) with a tmpfs overlay on top and makes
+/// that the root, keeping /dev. The old root (the initramfs, only init and
+/// the spec) stays underneath, unreachable.
+fn enter_root_disk(disk: &str) -> Result<(), String> {
+    let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    let mount_or = |src: &str, dst: &str, fs: &str, flags, data: &str| -> Result<(), String> {
+        let _ = std::fs::create_dir_all(dst);
+        let (s, d, f, o) = (cstr(src)?, cstr(dst)?, cstr(fs)?, cstr(data)?);
+        // SAFETY: valid NUL-terminated strings for the call.
+        let r =
+            unsafe { libc::mount(s.as_ptr(), d.as_ptr(), f.as_ptr(), flags, o.as_ptr().cast()) };
+        match r {
+            0 => Ok(()),
+            _ => Err(os(&format!("mounting {src} on {dst}"))),
+        }
+    };
+    // The nvdimm bus registers its devices asynchronously, in a domain the
+    // kernel does not wait for before it starts init: wait for the node.
+    let start = std::time::Instant::now();
+    while !std::path::Path::new(disk).exists() {
+        if start.elapsed() > DISK_WAIT {
+            return Err(format!("{disk} did not appear within {DISK_WAIT:?}"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    mount_or(disk, "/.twinbox/lower", "ext4", libc::MS_RDONLY, "")?;
+    mount_or("tmpfs", "/.twinbox/rw", "tmpfs", 0, "mode=0755")?;
+    for d in ["/.twinbox/rw/upper", "/.twinbox/rw/work"] {
+        std::fs::create_dir_all(d).map_err(|e| format!("{d}: {e}"))?;
+    }
+    mount_or(
+        "overlay",
+        "/.twinbox/root",
+        "overlay",
+        0,
+        "lowerdir=/.twinbox/lower,upperdir=/.twinbox/rw/upper,workdir=/.twinbox/rw/work",
+    )?;
+    mount_or("/dev", "/.twinbox/root/dev", "", libc::MS_MOVE, "")?;
+    let (root, dot) = (cstr("/.twinbox/root")?, cstr(".")?);
+    let slash = cstr("/")?;
+    // SAFETY: plain system calls on valid NUL-terminated paths; the
+    // switch_root sequence: move the new root over / and chroot into it.
+    unsafe {
+        if libc::chdir(root.as_ptr()) != 0 {
+            return Err(os("entering the root disk"));
+        }
+        if libc::mount(
+            dot.as_ptr(),
+            slash.as_ptr(),
+            std::ptr::null(),
+            libc::MS_MOVE,
+            std::ptr::null(),
+        ) != 0
+        {
+            return Err(os("moving the root disk to /"));
+        }
+        if libc::chroot(dot.as_ptr()) != 0 || libc::chdir(slash.as_ptr()) != 0 {
+            return Err(os("chroot into the root disk"));
+        }
+    }
+    Ok(())
+}
+
 fn run() -> Result<i32, String> {
+    let text = std::fs::read(spec::PATH).map_err(|e| format!("reading {}: {e}", spec::PATH))?;
+    let spec = Spec::parse(&text)?;
+    if !spec.root.is_empty() {
+        enter_root_disk(&spec.root)?;
+    }
     let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount("proc", "/proc", "proc", nodev, "");
     mount("sysfs", "/sys", "sysfs", nodev, "");
@@ -77,8 +151,6 @@ fn run() -> Result<i32, String> {
     mount("tmpfs", "/dev/shm", "tmpfs", nodev, "mode=1777");
     raw_newlines();
 
-    let text = std::fs::read(spec::PATH).map_err(|e| format!("reading {}: {e}", spec::PATH))?;
-    let spec = Spec::parse(&text)?;
     if !spec.hostname.is_empty() {
         // SAFETY: the pointer and length describe the hostname's bytes.
         unsafe { libc::sethostname(spec.hostname.as_ptr().cast(), spec.hostname.len()) };

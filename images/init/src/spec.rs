@@ -17,6 +17,11 @@ pub struct Spec {
     pub user: String,
     /// The guest's hostname.
     pub hostname: String,
+    /// The image's root filesystem as a disk (`/dev/pmem0`, ext4), mounted
+    /// read-only under a tmpfs overlay; empty when the image came in the
+    /// initramfs itself.
+    #[serde(default)]
+    pub root: String,
 }
 
 /// Where the spec is in the guest.
@@ -108,11 +113,15 @@ mod tests {
             cwd: "/".into(),
             user: String::new(),
             hostname: "box".into(),
+            root: "/dev/pmem0".into(),
         };
         let text = serde_json::to_vec(&s).unwrap_or_default();
         assert_eq!(Spec::parse(&text), Ok(s.clone()));
         assert_eq!(s.path_var(), "/bin");
         assert!(Spec::parse(br#"{"argv":[],"env":[],"cwd":"/","user":"","hostname":""}"#).is_err());
         assert!(Spec::parse(b"garbage").is_err());
+        // A spec from before the root disk still parses: no root disk.
+        let old = Spec::parse(br#"{"argv":["true"],"env":[],"cwd":"/","user":"","hostname":""}"#);
+        assert_eq!(old.map(|s| s.root), Ok(String::new()));
     }
 }
