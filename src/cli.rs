@@ -99,6 +99,31 @@ pub enum BenchCommand {
     /// namespace floor), crun and runc, interleaved; plus host memory per
     /// idle box and where twinbox's start time goes.
     Container(ContainerBenchArgs),
+    /// A Linux guest's boot: `twinbox run --isolation vm IMAGE /bin/true`
+    /// a few times, with where the time goes (VMM setup, kernel, init,
+    /// workload) from init's boot-timer marks; a pmem root and an
+    /// initramfs root alternate when the kernel can take both.
+    Boot(BootBenchArgs),
+}
+
+/// A Linux guest's boot: see `twinbox bench boot`.
+#[derive(Debug, Args)]
+pub struct BootBenchArgs {
+    /// Runs per root.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Which root: pmem, initramfs or both.
+    #[arg(long, default_value = "both")]
+    pub root: String,
+    /// Guest memory.
+    #[arg(short, long, default_value = "256m")]
+    pub memory: String,
+    /// The image (busybox from `twinbox image build-base`).
+    #[arg(long, default_value = "busybox")]
+    pub image: String,
+    /// Also write every run as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// The container launchers side by side: see `twinbox bench container`.
@@ -134,6 +159,10 @@ pub enum VmmCommand {
         /// Initial ramdisk (repeat to concatenate several archives).
         #[arg(long)]
         initrd: Vec<PathBuf>,
+        /// A disk image the guest sees as /dev/pmem0 (size a multiple of 2 MiB;
+        /// never written).
+        #[arg(long, value_name = "FILE")]
+        pmem: Option<PathBuf>,
         /// Kernel command line.
         #[arg(long, default_value = "")]
         cmdline: String,

@@ -103,5 +103,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
             Ok(())
         }
         BenchCommand::Container(args) => super::bench_container::run(args),
+        BenchCommand::Boot(args) => super::bench_boot::run(args),
     }
 }

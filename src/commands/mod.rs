@@ -1,6 +1,7 @@
 //! One module per top-level command.
 
 pub mod bench;
+pub mod bench_boot;
 pub mod bench_container;
 pub mod bench_full;
 pub mod doctor;

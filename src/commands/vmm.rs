@@ -57,6 +57,7 @@ pub fn run(cmd: VmmCommand) -> Result<u8> {
         VmmCommand::Boot {
             kernel,
             initrd,
+            pmem,
             cmdline,
             memory,
             cpus,
@@ -87,6 +88,7 @@ pub fn run(cmd: VmmCommand) -> Result<u8> {
             };
             let mut c = VmConfig::new(kernel_path);
             c.initrd = initrd;
+            c.pmem = pmem;
             c.cmdline = cmdline;
             c.memory = size::parse(&memory).context("--memory")?;
             c.vcpus = cpus;
