@@ -174,7 +174,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         // The VM probe runs even on a slow host, once, except in --quick.
         let quick_vm = crate::subjects::vm::Skipped {
             name: real_vm.name(),
-            reason: "not in --quick: a Linux guest boots in about 90 s on this PVM host".into(),
+            reason: format!(
+                "not in --quick: a Linux guest boots in {} on this PVM host",
+                crate::subjects::vm::PVM_BOOT
+            ),
         };
         let vm_probe: &dyn Subject = if quick && slow.is_some() {
             &quick_vm

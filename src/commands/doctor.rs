@@ -61,9 +61,12 @@ pub fn run(store: &Store) -> bool {
             );
             let v = if matches!(p.kind, hypervisor::Kind::Pvm { .. }) { Verdict::Warn } else { Verdict::Ok };
             let note = if matches!(p.kind, hypervisor::Kind::Pvm { .. }) {
-                " -- Linux guests run here, but a boot takes about 90 s (README)"
+                format!(
+                    " -- Linux guests run here, but a boot takes {} (README)",
+                    crate::subjects::vm::PVM_BOOT
+                )
             } else {
-                ""
+                String::new()
             };
             r.line(v, "hypervisor", &format!("{}{note}", p.kind), None);
         }
