@@ -170,3 +170,47 @@ fn two_vcpus_give_the_guest_two_cpus() -> TestResult {
     assert_eq!(stdout(&out), "2\n0-1\n");
     Ok(())
 }
+
+#[test]
+fn a_vm_run_killed_mid_boot_leaves_no_temporary_file() -> TestResult {
+    let Some((kernel, env)) = setup()? else {
+        return Ok(());
+    };
+    let tmp = env.path().join("tmp");
+    std::fs::create_dir(&tmp)?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_twinbox"))
+        .args(["run", "--isolation", "vm", "busybox", "sleep", "1000"])
+        .env("TWINBOX_HOME", env.home())
+        .env("TWINBOX_CACHE", env.cache())
+        .env("TWINBOX_KERNEL", &kernel)
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    // Wait until the guest runs (a vCPU exists), then kill the run hard.
+    let fds = format!("/proc/{}/fd", child.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let vcpu_up = || {
+        std::fs::read_dir(&fds).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("kvm-vcpu"))
+            })
+        })
+    };
+    while !vcpu_up() {
+        assert!(std::time::Instant::now() < deadline, "no vCPU within 60 s");
+        assert!(
+            child.try_wait()?.is_none(),
+            "the run ended before its guest ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    child.kill()?;
+    child.wait()?;
+    let left: Vec<_> = std::fs::read_dir(&tmp)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
+    Ok(())
+}

@@ -121,10 +121,10 @@ pub fn is_dynamic(path: &Path) -> Result<bool> {
 }
 
 /// Writes the per-run archive: init, spec, /dev/console.
-fn run_archive(out: &Path, init: &Path, spec: &[u8]) -> Result<()> {
+fn run_archive(out: File, init: &Path, spec: &[u8]) -> Result<()> {
     let mut init_file = File::open(init).with_context(|| format!("opening {}", init.display()))?;
     let init_len = u32::try_from(init_file.metadata()?.len()).context("init is too large")?;
-    let mut cpio = Newc::new(BufWriter::new(File::create(out)?));
+    let mut cpio = Newc::new(BufWriter::new(out));
     cpio.dir(b".twinbox", 0o700, 0, 0)?;
     cpio.file(b".twinbox/init", 0o755, 0, 0, init_len, &mut init_file)?;
     let spec_len = u32::try_from(spec.len()).context("spec is too large")?;
@@ -215,10 +215,15 @@ impl Backend for VmBackend {
             hostname: "twinbox",
             root: if pmem_root { ROOT_DISK } else { "" },
         })?;
-        let scratch = tempfile::tempdir()?;
-        let run_cpio = scratch.path().join("run.cpio");
-        run_archive(&run_cpio, &init, &spec)?;
-        c.initrd.push(run_cpio);
+        // An unnamed file (O_TMPFILE): it is gone with the last descriptor,
+        // even if this process is killed, so a run never leaves it behind.
+        // The VMM reads it through /proc while `run_cpio` keeps it open.
+        let run_cpio = tempfile::tempfile().context("a temporary file for the run archive")?;
+        run_archive(run_cpio.try_clone()?, &init, &spec)?;
+        c.initrd.push(PathBuf::from(format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&run_cpio)
+        )));
         c.cmdline = cmdline(self.debug);
         c.memory = w.limits.memory.unwrap_or(DEFAULT_MEMORY);
         c.vcpus = w.limits.cpus.map_or(1, |n| n as u32);
@@ -292,7 +297,7 @@ mod tests {
         let init = dir.path().join("init");
         std::fs::write(&init, b"\x7fELF fake init")?;
         let out = dir.path().join("run.cpio");
-        run_archive(&out, &init, br#"{"argv":["true"]}"#)?;
+        run_archive(File::create(&out)?, &init, br#"{"argv":["true"]}"#)?;
         let listing = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!("cpio -itv < {}", out.display()))
