@@ -9,7 +9,7 @@ use std::fmt::Write;
 use crate::report::{markdown, summaries};
 use crate::results::Results;
 use crate::runner::SubjectResult;
-use crate::svg::{bars, esc, Bar};
+use crate::svg::{bars, bars_on, esc, Axis, Bar};
 
 fn inline(s: &str) -> String {
     // `code` spans; everything escaped.
@@ -100,7 +100,14 @@ fn startup_chart(scenario: &str, title: &str, subjects: &[SubjectResult]) -> Str
             })
         })
         .collect();
-    bars(scenario, title, "ms, bar p50, whisker p90", &b, None)
+    // Containers start in milliseconds, a VM on a slow host in tens of
+    // seconds: past two decades a linear axis would hide the fast ones.
+    let axis = Axis::fitting(b.iter().map(|b| b.value), 2.0);
+    let unit = match axis {
+        Axis::Log => "ms, log scale, bar p50, whisker p90",
+        Axis::Linear => "ms, bar p50, whisker p90",
+    };
+    bars_on(scenario, title, unit, &b, None, axis)
 }
 
 /// The whole page.

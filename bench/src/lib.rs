@@ -25,4 +25,4 @@ pub mod subject;
 pub mod svg;
 
 pub use runner::{request_stop, run_interleaved, stop_requested, Plan, SubjectResult};
-pub use subject::{Idle, Subject};
+pub use subject::{Idle, Ready, Subject};

@@ -52,4 +52,15 @@ pub struct Idle {
     /// (`busybox` for a container's `sleep`); `None` for a VM, whose
     /// workload is inside the guest.
     pub workload_exe: Option<String>,
+    /// A line the box prints on its standard output once its workload runs,
+    /// for a box whose start the host cannot see otherwise (a VM's guest).
+    pub ready: Option<Ready>,
+}
+
+/// How an idle box says it is up.
+pub struct Ready {
+    /// The whole line it prints.
+    pub line: String,
+    /// How long to wait for it.
+    pub within: std::time::Duration,
 }

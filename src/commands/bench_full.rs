@@ -56,9 +56,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let unshare = lab.unshare();
     let ours = lab.container(None);
     let real_vm = lab.vm();
-    // On a slow host (PVM) the VM runs once, for the probe; elsewhere it is
-    // a subject like the others.
-    let slow = crate::subjects::vm::slow_host();
+    // On a slow host (PVM) the VM runs a few times for startup, once idle
+    // and once for the probe (none of it in --quick); elsewhere it is a
+    // subject like the others.
+    let slow = crate::subjects::vm::slow_host(quick);
     let skipped = slow.as_ref().map(|why| crate::subjects::vm::Skipped {
         name: real_vm.name(),
         reason: why.clone(),
@@ -116,6 +117,28 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ));
         pb.finish_and_clear();
         check_stopped()?;
+        // On a slow host the VM gets a few runs of its own, not 60.
+        if let (Some(startup), false) = (results.startup.as_mut(), quick || slow.is_none()) {
+            let vm_plan = Plan {
+                runs: crate::subjects::vm::SLOW_VM_RUNS.min(plan.runs),
+                warmup: 0,
+                timeout: Duration::from_secs(180),
+                gap: plan.gap,
+            };
+            let pb = super::count_bar("startup: twinbox-vm");
+            let mut r = twinbox_bench::run_interleaved(&[&real_vm], &vm_plan, &pb);
+            pb.finish_and_clear();
+            if let (Some(row), Some(vm_row)) = (
+                startup
+                    .subjects
+                    .iter_mut()
+                    .find(|s| s.name == real_vm.name()),
+                r.pop(),
+            ) {
+                *row = vm_row;
+            }
+            check_stopped()?;
+        }
         let floor_plan = Plan {
             runs: if quick { 3 } else { 30 },
             warmup: if quick { 1 } else { 3 },
@@ -136,12 +159,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if want(Scenario::Memory) {
         let pb = super::spinner("memory");
         let reps = if quick { 1 } else { 5 };
+        // On a slow host one idle VM, not `reps` (it boots first).
+        let (idle_vm, vm_reps): (&dyn Subject, usize) = match (&slow, quick) {
+            (Some(_), false) => (&real_vm, 1),
+            _ => (vm, reps),
+        };
         let idle_subjects: [&dyn Subject; 8] =
-            [&ours, vm, &unshare, &crun, &runc, &runsc, &vmm, &qemu];
+            [&ours, idle_vm, &unshare, &crun, &runc, &runsc, &vmm, &qemu];
         let mut idle = Vec::new();
         for s in idle_subjects {
             pb.set_message(format!("idle {}", s.name()));
-            idle.push(memory::idle(s, reps));
+            let n = if s.name() == real_vm.name() {
+                vm_reps
+            } else {
+                reps
+            };
+            idle.push(memory::idle(s, n));
             check_stopped()?;
         }
         let k = if quick { 10 } else { 30 };
@@ -172,18 +205,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("the probe on the host: {e}"))?
             .context("the probe on the host")?;
         // The VM probe runs even on a slow host, once, except in --quick.
-        let quick_vm = crate::subjects::vm::Skipped {
-            name: real_vm.name(),
-            reason: format!(
-                "not in --quick: a Linux guest boots in {} on this PVM host",
-                crate::subjects::vm::PVM_BOOT
-            ),
-        };
-        let vm_probe: &dyn Subject = if quick && slow.is_some() {
-            &quick_vm
-        } else {
-            &real_vm
-        };
+        let vm_probe: &dyn Subject = if quick { vm } else { &real_vm };
         let probed: [&dyn Subject; 6] = [&ours, vm_probe, &unshare, &crun, &runc, &runsc];
         let mut names = vec!["host".to_string()];
         let mut unavailable = Vec::new();

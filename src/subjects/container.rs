@@ -100,6 +100,7 @@ impl Subject for Unshare {
         Some(Idle {
             command: self.with(&["sleep", "1000"]),
             workload_exe: Some("busybox".into()),
+            ready: None,
         })
     }
     fn probe(&self, args: &[&str]) -> Option<Command> {
@@ -166,6 +167,7 @@ impl Subject for TwinboxContainer {
         Some(Idle {
             command: self.command_with(&["sleep", "1000"]),
             workload_exe: Some("busybox".into()),
+            ready: None,
         })
     }
     fn probe(&self, args: &[&str]) -> Option<Command> {
@@ -267,6 +269,7 @@ impl Subject for OciRuntime {
         Some(Idle {
             command: self.command_argv(&["sleep", "1000"]),
             workload_exe: Some("busybox".into()),
+            ready: None,
         })
     }
     fn probe(&self, args: &[&str]) -> Option<Command> {

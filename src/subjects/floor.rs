@@ -46,6 +46,7 @@ impl Subject for TwinboxVmm {
         Some(Idle {
             command: self.command_for(self.spin.as_deref()?),
             workload_exe: None,
+            ready: None,
         })
     }
     fn version(&self) -> Option<String> {
@@ -100,6 +101,7 @@ impl Subject for QemuMicrovm {
         Some(Idle {
             command: self.command_for(self.spin.as_deref()?),
             workload_exe: None,
+            ready: None,
         })
     }
     fn version(&self) -> Option<String> {

@@ -6,7 +6,9 @@
 //! namespaces, page tables, cgroups), median of several repetitions with
 //! their spread, since other activity on the host moves MemAvailable.
 
+use std::io::BufRead;
 use std::process::{Child, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::pss;
@@ -22,6 +24,14 @@ pub enum Error {
     /// Its workload never appeared.
     #[error("the idle box's workload did not start within 10 s")]
     NoWorkload,
+    /// It never said it was up.
+    #[error("the idle box did not print {line:?} within {within:?}")]
+    NotReady {
+        /// The line awaited.
+        line: String,
+        /// How long.
+        within: Duration,
+    },
 }
 
 /// One subject's idle cost.
@@ -79,28 +89,77 @@ fn workloads(root: u32, exe: Option<&str>) -> Vec<u32> {
     })
 }
 
-fn start(idle: Idle) -> Result<(Child, Option<String>), Error> {
+/// An idle box that was started.
+struct Running {
+    child: Child,
+    /// The workload's executable name, where the host sees it.
+    exe: Option<String>,
+    /// Fires when the box prints its ready line, where it has one.
+    ready: Option<(mpsc::Receiver<()>, crate::subject::Ready)>,
+}
+
+fn start(idle: Idle) -> Result<Running, Error> {
     let Idle {
         mut command,
         workload_exe,
+        ready,
     } = idle;
     command
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(if ready.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stderr(Stdio::null());
-    let child = command.spawn().map_err(Error::Spawn)?;
-    Ok((child, workload_exe))
+    let mut child = command.spawn().map_err(Error::Spawn)?;
+    let ready = match (ready, child.stdout.take()) {
+        (Some(r), Some(out)) => {
+            let (tx, rx) = mpsc::channel();
+            let line = r.line.clone();
+            // Reads to the end (the box's output must not block on a full
+            // pipe); ends when the box does.
+            std::thread::spawn(move || {
+                for l in std::io::BufReader::new(out).lines() {
+                    match l {
+                        Ok(l) if l.trim_end() == line => {
+                            let _ = tx.send(());
+                        }
+                        Ok(_) => {}
+                        Err(_) => break,
+                    }
+                }
+            });
+            Some((rx, r))
+        }
+        _ => None,
+    };
+    Ok(Running {
+        child,
+        exe: workload_exe,
+        ready,
+    })
 }
 
-/// Waits until the box's workload runs (or, for a box without a host
-/// workload process, 300 ms), then lets the launcher settle.
-fn wait_up(child: &Child, exe: Option<&str>) -> Result<(), Error> {
+/// Waits until the box's workload runs (its ready line, its workload
+/// process on the host, or for a box with neither 300 ms), then lets the
+/// launcher settle.
+fn wait_up(b: &Running) -> Result<(), Error> {
+    if let Some((rx, r)) = &b.ready {
+        rx.recv_timeout(r.within).map_err(|_| Error::NotReady {
+            line: r.line.clone(),
+            within: r.within,
+        })?;
+        std::thread::sleep(Duration::from_millis(150));
+        return Ok(());
+    }
+    let exe = b.exe.as_deref();
     if exe.is_none() {
         std::thread::sleep(Duration::from_millis(300));
         return Ok(());
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while workloads(child.id(), exe).is_empty() {
+    while workloads(b.child.id(), exe).is_empty() {
         if Instant::now() > deadline {
             return Err(Error::NoWorkload);
         }
@@ -112,7 +171,9 @@ fn wait_up(child: &Child, exe: Option<&str>) -> Result<(), Error> {
 
 /// Stops a box: SIGKILL to its workload (a container's PID 1 accepts only
 /// that from outside) and to the launcher's tree if it lingers.
-fn stop(mut child: Child, exe: Option<&str>) {
+fn stop(b: Running) {
+    let Running { mut child, exe, .. } = b;
+    let exe = exe.as_deref();
     for w in workloads(child.id(), exe) {
         // SAFETY: kill(2) with a pid from /proc and a signal number.
         unsafe { libc::kill(w as i32, libc::SIGKILL) };
@@ -136,18 +197,18 @@ pub fn idle_once(subject: &dyn Subject) -> Result<Option<(u64, usize)>, Error> {
     let Some(idle) = subject.idle() else {
         return Ok(None);
     };
-    let (child, exe) = start(idle)?;
-    let up = wait_up(&child, exe.as_deref());
+    let b = start(idle)?;
+    let up = wait_up(&b);
     let result = up.map(|()| {
-        let skip = workloads(child.id(), exe.as_deref());
-        let procs: Vec<u32> = pss::tree(child.id())
+        let skip = workloads(b.child.id(), b.exe.as_deref());
+        let procs: Vec<u32> = pss::tree(b.child.id())
             .into_iter()
             .filter(|p| !skip.contains(p))
             .collect();
         let total = procs.iter().filter_map(|&p| pss::pss_kib(p)).sum();
         (total, procs.len())
     });
-    stop(child, exe.as_deref());
+    stop(b);
     result.map(Some)
 }
 
@@ -244,13 +305,10 @@ pub fn density(subject: &dyn Subject, k: usize, reps: usize) -> DensityResult {
                 }
             }
         }
-        let up = boxes
-            .iter()
-            .filter(|(c, exe)| wait_up(c, exe.as_deref()).is_ok())
-            .count();
+        let up = boxes.iter().filter(|b| wait_up(b).is_ok()).count();
         let with = settled_available(5);
-        for (c, exe) in boxes {
-            stop(c, exe.as_deref());
+        for b in boxes {
+            stop(b);
         }
         r.boxes = up;
         if let (Some(a), Some(b), true) = (before, with, up > 0) {
@@ -262,4 +320,70 @@ pub fn density(subject: &dyn Subject, k: usize, reps: usize) -> DensityResult {
     }
     r.median_kib = summarize(&r.per_box_kib).map(|s| s.p50);
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::subject::Ready;
+    use std::process::Command;
+
+    /// A box that is a shell printing `say` (if any) after a pause, then
+    /// sleeping; up when it prints `up`.
+    struct Talker {
+        say: Option<&'static str>,
+        within: Duration,
+    }
+
+    impl Subject for Talker {
+        fn name(&self) -> String {
+            "talker".into()
+        }
+        fn command(&self) -> Command {
+            Command::new("true")
+        }
+        fn idle(&self) -> Option<Idle> {
+            let script = match self.say {
+                Some(s) => format!("sleep 0.3; echo noise; echo {s}; exec sleep 100"),
+                None => "exec sleep 100".into(),
+            };
+            let mut command = Command::new("sh");
+            command.args(["-c", &script]);
+            Some(Idle {
+                command,
+                workload_exe: None,
+                ready: Some(Ready {
+                    line: "up".into(),
+                    within: self.within,
+                }),
+            })
+        }
+    }
+
+    #[test]
+    fn an_idle_box_is_measured_once_it_says_it_is_up_and_not_before() {
+        let t = Instant::now();
+        let talker = Talker {
+            say: Some("up"),
+            within: Duration::from_secs(10),
+        };
+        let r = idle_once(&talker);
+        assert!(matches!(r, Ok(Some((kib, _))) if kib > 0), "{r:?}");
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "measured before it was up"
+        );
+
+        let mute = Talker {
+            say: None,
+            within: Duration::from_millis(300),
+        };
+        let r = idle_once(&mute);
+        assert!(matches!(r, Err(Error::NotReady { .. })), "{r:?}");
+        let wrong = Talker {
+            say: Some("upper"),
+            within: Duration::from_millis(800),
+        };
+        assert!(matches!(idle_once(&wrong), Err(Error::NotReady { .. })));
+    }
 }
