@@ -181,9 +181,13 @@ pub enum VmmCommand {
         /// Run without the seccomp filters (to debug the VMM itself).
         #[arg(long)]
         no_seccomp: bool,
-        /// Give the guest a legacy i8254 PIT.
+        /// Give the guest a legacy i8254 PIT (implies `--irqchip full`).
         #[arg(long)]
         pit: bool,
+        /// Interrupt controllers: `split` (LAPICs in KVM, the I/O APIC in
+        /// the VMM, no PIC) or `full` (all in KVM, as Firecracker).
+        #[arg(long, default_value = "split")]
+        irqchip: twinbox_vmm::config::Irqchip,
     },
     /// List the syscalls each VMM thread may make (its seccomp allow-list).
     Seccomp,

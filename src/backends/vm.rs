@@ -229,6 +229,11 @@ impl Backend for VmBackend {
         c.vcpus = w.limits.cpus.map_or(1, |n| n as u32);
         c.timeout = w.limits.timeout;
         c.profile = self.profile.as_ref().map(|_| PROFILE_INTERVAL);
+        if let Ok(chip) = std::env::var("TWINBOX_IRQCHIP") {
+            c.irqchip = chip
+                .parse()
+                .map_err(|e: String| anyhow::anyhow!("TWINBOX_IRQCHIP: {e}"))?;
+        }
         let o = vm::run(&c, Box::new(std::io::stdout()))?;
         if let (Some(out), Some(p)) = (&self.profile, &o.profile) {
             write_profile(out, p, &kernel_path)?;

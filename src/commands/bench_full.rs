@@ -285,7 +285,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let attack_surface = vec![
             (
                 "twinbox-vmm".to_string(),
-                format!("seccomp allow-lists: vCPU threads {vcpu} syscalls (ioctl only KVM_RUN and KVM_GET_REGS), VMM thread {vmmt}; the guest's own system calls never reach the host kernel (Firecracker publishes 27 and 50)"),
+                format!("seccomp allow-lists: vCPU threads {vcpu} syscalls (ioctl only KVM_RUN, KVM_GET_REGS and KVM_SET_GSI_ROUTING), VMM thread {vmmt}; the guest's own system calls never reach the host kernel (Firecracker publishes 27 and 50)"),
             ),
             (
                 "twinbox-container".to_string(),

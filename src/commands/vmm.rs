@@ -65,6 +65,7 @@ pub fn run(cmd: VmmCommand) -> Result<u8> {
             json,
             no_seccomp,
             pit,
+            irqchip,
         } => {
             // The null guest lives in a memfd, named by its /proc/self/fd
             // path: no file to leave behind, even if the run is killed.
@@ -94,6 +95,7 @@ pub fn run(cmd: VmmCommand) -> Result<u8> {
             c.vcpus = cpus;
             c.seccomp = !no_seccomp;
             c.pit = pit;
+            c.irqchip = irqchip;
             c.timeout = timeout
                 .map(|t| humantime::parse_duration(&t))
                 .transpose()

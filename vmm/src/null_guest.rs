@@ -29,6 +29,11 @@ pub enum Program {
     Idle,
     /// Triple-fault.
     TripleFault,
+    /// Program the I/O APIC (pin 0: vector 0x31, unmasked), read the entry
+    /// back, write garbage to it (a register past the last entry, an
+    /// offset outside its registers), and exit with the low byte read
+    /// back: 0x31 from a working I/O APIC.
+    Ioapic,
 }
 
 fn mov_dx(code: &mut Vec<u8>, port: u16) {
@@ -58,6 +63,21 @@ pub fn code(program: Program) -> Vec<u8> {
         Program::Spin => c.extend_from_slice(&[0xeb, 0xfe]), // jmp $
         Program::Idle => c.extend_from_slice(&[0xfa, 0xf4, 0xeb, 0xfd]), // cli; hlt; jmp hlt
         Program::TripleFault => c.extend_from_slice(&[0x0f, 0x0b]), // ud2
+        Program::Ioapic => {
+            c.extend_from_slice(&[0xbf, 0x00, 0x00, 0xc0, 0xfe]); // mov edi, 0xfec00000
+            c.extend_from_slice(&[0xc7, 0x07, 0x10, 0, 0, 0]); // mov dword [rdi], 0x10
+            c.extend_from_slice(&[0xc7, 0x47, 0x10, 0x31, 0, 0, 0]); // mov dword [rdi+0x10], 0x31
+            c.extend_from_slice(&[0x8b, 0x47, 0x10]); // mov eax, [rdi+0x10]
+            c.extend_from_slice(&[0xc7, 0x07, 0xff, 0xff, 0xff, 0xff]); // mov dword [rdi], -1
+            c.extend_from_slice(&[0xc7, 0x47, 0x10, 0xef, 0xbe, 0xad, 0xde]); // [rdi+0x10] = 0xdeadbeef
+                                                                              // mov dword [rdi+0x800], 0x12345678
+            c.extend_from_slice(&[0xc7, 0x87, 0x00, 0x08, 0, 0, 0x78, 0x56, 0x34, 0x12]);
+            mov_dx(&mut c, 0x501);
+            c.push(0xef); // out dx, eax
+            mov_dx(&mut c, 0x64);
+            c.extend_from_slice(&[0xb0, 0xfe, 0xee]); // mov al, 0xfe; out dx, al
+            c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
+        }
     }
     c
 }

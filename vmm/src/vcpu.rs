@@ -154,11 +154,16 @@ pub(crate) fn run(
                 devices.read(port, data);
                 None
             }
-            Ok(VcpuExit::MmioRead(_, data)) => {
-                data.fill(0xff);
+            Ok(VcpuExit::MmioRead(addr, data)) => {
+                devices.mmio_read(addr, data);
                 None
             }
-            Ok(VcpuExit::MmioWrite(..)) | Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => None,
+            Ok(VcpuExit::MmioWrite(addr, data)) => devices
+                .mmio_write(addr, data)
+                .err()
+                .map(|e| Event::Failed(index, e)),
+            // Every route is edge-triggered, so no EOI needs forwarding.
+            Ok(VcpuExit::IoapicEoi(_)) | Ok(VcpuExit::Intr) | Ok(VcpuExit::IrqWindowOpen) => None,
             Ok(VcpuExit::Hlt) => Some(Event::Halted(index)),
             Ok(VcpuExit::Shutdown) => Some(Event::Shutdown(index)),
             Ok(VcpuExit::SystemEvent(kind, _)) => Some(Event::SystemEvent(index, kind)),

@@ -15,15 +15,18 @@ use std::sync::{Arc, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::Kvm;
+use kvm_bindings::{
+    kvm_enable_cap, kvm_irq_routing_msi, kvm_pit_config, KvmIrqRouting, KVM_CAP_SPLIT_IRQCHIP,
+    KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::{boot_params, cpuid, layout, mptable, regs};
-use crate::config::{self, VmConfig};
+use crate::config::{self, Irqchip, VmConfig};
 use crate::devices::ports::Mark;
-use crate::devices::{serial::Console, Devices};
+use crate::devices::{ioapic, serial::Console, Devices};
 use crate::event::Event;
 use crate::profile::{Profile, Sampler, StatsPoint};
 use crate::stats::StatsFd;
@@ -182,8 +185,21 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
     let mem = memory::create(&vm, size, pmem.as_ref())?;
     vm.set_tss_address(layout::KVM_TSS as usize)
         .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
-    vm.create_irq_chip()
-        .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
+    let split =
+        config.irqchip == Irqchip::Split && !config.pit && kvm.check_extension(Cap::SplitIrqchip);
+    if split {
+        let mut cap = kvm_enable_cap {
+            cap: KVM_CAP_SPLIT_IRQCHIP,
+            ..Default::default()
+        };
+        cap.args[0] = ioapic::PINS as u64;
+        vm.enable_cap(&cap)
+            .map_err(|e| Error::Kvm("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP)", e))?;
+    } else {
+        vm.create_irq_chip()
+            .map_err(|e| Error::Kvm("KVM_CREATE_IRQCHIP", e))?;
+    }
+    let vm = Arc::new(vm);
     if config.pit {
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
@@ -228,12 +244,20 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Kvm("eventfd", e.into()))?;
     vm.register_irqfd(&serial_irq, 4)
         .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-    let devices = Arc::new(Devices::new(
+    let mut devices = Devices::new(
         serial_irq,
         Console::new(console, CONSOLE_LIMIT),
         tx.clone(),
         t0,
-    ));
+    );
+    if split {
+        let routes_vm = vm.clone();
+        devices = devices.with_ioapic(
+            ioapic::Ioapic::new(mptable::ioapic_id(config.vcpus)),
+            Box::new(move |routes| install_routes(&routes_vm, routes)),
+        );
+    }
+    let devices = Arc::new(devices);
     let mut supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| Error::Kvm("KVM_GET_SUPPORTED_CPUID", e))?;
@@ -381,6 +405,24 @@ fn wait(
         Event::Halted(_) => StopReason::Halted,
         Event::Failed(vcpu, what) => StopReason::KvmError(format!("vCPU {vcpu}: {what}")),
     }
+}
+
+/// Replaces the VM's GSI routes with `routes` (MSI routes from the I/O APIC).
+fn install_routes(vm: &VmFd, routes: &[ioapic::Route]) -> Result<(), String> {
+    let mut table = KvmIrqRouting::new(routes.len())
+        .map_err(|e| format!("a routing table of {} entries: {e:?}", routes.len()))?;
+    for (entry, r) in table.as_mut_slice().iter_mut().zip(routes) {
+        entry.gsi = r.gsi;
+        entry.type_ = KVM_IRQ_ROUTING_MSI;
+        entry.u.msi = kvm_irq_routing_msi {
+            address_lo: r.address_lo,
+            address_hi: 0,
+            data: r.data,
+            ..Default::default()
+        };
+    }
+    vm.set_gsi_routing(&table)
+        .map_err(|e| format!("KVM_SET_GSI_ROUTING: {e}"))
 }
 
 /// Kicks every vCPU thread out of KVM_RUN until all have returned, then

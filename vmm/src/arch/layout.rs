@@ -26,6 +26,9 @@ pub const PML4: u64 = 0x9000;
 pub const PDPT: u64 = 0xa000;
 /// Page directory.
 pub const PD: u64 = 0xb000;
+/// Page directory of the boot page tables for the fourth GiB (the I/O
+/// APIC and LAPIC windows below 4 GiB), uncached.
+pub const PD_HIGH: u64 = 0xc000;
 /// Kernel command line.
 pub const CMDLINE: u64 = 0x20000;
 /// Largest command line accepted, with its NUL (Linux 6.1 on x86 reads up to

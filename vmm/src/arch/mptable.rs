@@ -28,12 +28,18 @@ fn checksum(bytes: &[u8]) -> u8 {
     0u8.wrapping_sub(bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b)))
 }
 
+/// The I/O APIC's APIC ID in the table for `cpus` vCPUs: the one after the
+/// last CPU's.
+pub fn ioapic_id(cpus: u32) -> u8 {
+    cpus.min(254) as u8
+}
+
 /// Builds the table for `cpus` vCPUs, to be placed at `base`.
 pub fn build(cpus: u32, base: u64) -> Result<Vec<u8>, Error> {
     if cpus == 0 || cpus > 254 {
         return Err(Error::TooManyCpus(cpus));
     }
-    let ioapic_id = cpus as u8;
+    let ioapic_id = ioapic_id(cpus);
     let mut entries: Vec<u8> = Vec::new();
     let mut count: u16 = 0;
     for id in 0..cpus as u8 {

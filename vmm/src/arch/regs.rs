@@ -1,11 +1,11 @@
 //! The state a vCPU starts in: 64-bit long mode with paging on, an identity
-//! map of the first GiB, flat segments from our GDT, an empty IDT, and the
+//! map of the first GiB (and of the fourth, for the I/O APIC), flat segments from our GDT, an empty IDT, and the
 //! Linux 64-bit boot protocol's registers (`rsi` = zero page).
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use super::layout::{BOOT_STACK, GDT_ADDR, IDT_ADDR, PD, PDPT, PML4, ZERO_PAGE};
+use super::layout::{BOOT_STACK, GDT_ADDR, IDT_ADDR, PD, PDPT, PD_HIGH, PML4, ZERO_PAGE};
 
 /// Errors of writing the boot structures.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +83,15 @@ pub fn write_tables(mem: &GuestMemoryMmap) -> Result<(), Error> {
         chunk.copy_from_slice(&(((i as u64) << 21) | 0x83).to_le_bytes());
     }
     mem.write_slice(&pd, GuestAddress(PD))
+        .map_err(|_| Error::Write("page directory"))?;
+    // And the fourth GiB, where the I/O APIC and LAPIC windows are:
+    // present, writable, uncached (PWT, PCD), huge.
+    mem.write_obj(PD_HIGH | 0x03, GuestAddress(PDPT + 3 * 8))
+        .map_err(|_| Error::Write("PDPT"))?;
+    for (i, chunk) in pd.chunks_exact_mut(8).enumerate() {
+        chunk.copy_from_slice(&(((3u64 << 30) + ((i as u64) << 21)) | 0x9b).to_le_bytes());
+    }
+    mem.write_slice(&pd, GuestAddress(PD_HIGH))
         .map_err(|_| Error::Write("page directory"))?;
     Ok(())
 }

@@ -8,10 +8,12 @@
 //! | 0x501 | exit status: an `out` of the workload's code ends the VM ([`ports`]) |
 //! | 0x502 | boot timer: an `out` of a mark id is timestamped ([`ports`]) |
 //!
-//! Reads of other ports return all ones, writes to them are dropped: what
-//! real hardware does for an empty bus.
+//! and, with KVM's split irqchip, the I/O APIC at MMIO 0xFEC00000
+//! ([`ioapic`]). Reads of other ports and addresses return all ones,
+//! writes to them are dropped: what real hardware does for an empty bus.
 
 pub mod i8042;
+pub mod ioapic;
 pub mod ports;
 pub mod serial;
 
@@ -25,11 +27,17 @@ use crate::event::Event;
 
 pub use ports::{BOOT_TIMER_PORT, EXIT_PORT};
 
-/// The port-I/O devices of one VM, shared by its vCPU threads.
+/// Installs an I/O APIC's routes (`KVM_SET_GSI_ROUTING`); the error says
+/// what failed.
+pub type RouteInstaller = Box<dyn Fn(&[ioapic::Route]) -> Result<(), String> + Send + Sync>;
+
+/// The devices of one VM, shared by its vCPU threads.
 pub struct Devices {
     serial: Mutex<serial::Serial>,
     i8042: Mutex<i8042::I8042>,
     ports: ports::Ports,
+    /// The I/O APIC and how its routes reach KVM, with the split irqchip.
+    ioapic: Option<(Mutex<ioapic::Ioapic>, RouteInstaller)>,
 }
 
 const SERIAL_BASE: u16 = 0x3f8;
@@ -48,6 +56,45 @@ impl Devices {
             serial: Mutex::new(serial::new(serial_irq, console)),
             i8042: Mutex::new(i8042::new(stop.clone())),
             ports: ports::Ports::new(stop, start),
+            ioapic: None,
+        }
+    }
+
+    /// Adds an I/O APIC in the VMM (for the split irqchip) whose routes
+    /// `install` hands to KVM.
+    pub fn with_ioapic(mut self, ioapic: ioapic::Ioapic, install: RouteInstaller) -> Self {
+        self.ioapic = Some((Mutex::new(ioapic), install));
+        self
+    }
+
+    /// A guest MMIO write at `addr`; an error if routes it changed could
+    /// not be installed (the guest's interrupts would be lost).
+    pub fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<(), String> {
+        let Some((io, install)) = &self.ioapic else {
+            return Ok(());
+        };
+        let Some(offset) = addr.checked_sub(ioapic::BASE).filter(|o| *o < ioapic::SIZE) else {
+            return Ok(());
+        };
+        let routes = match io.lock() {
+            Ok(mut io) => io.write(offset, data),
+            Err(_) => return Err("the I/O APIC's lock is poisoned".into()),
+        };
+        match routes {
+            Some(r) => install(&r),
+            None => Ok(()),
+        }
+    }
+
+    /// A guest MMIO read at `addr`.
+    pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        let offset = addr.checked_sub(ioapic::BASE).filter(|o| *o < ioapic::SIZE);
+        match (&self.ioapic, offset) {
+            (Some((io, _)), Some(offset)) => match io.lock() {
+                Ok(io) => io.read(offset, data),
+                Err(_) => data.fill(0xff),
+            },
+            _ => data.fill(0xff),
         }
     }
 

@@ -93,7 +93,7 @@ mod tests {
         assert!(Thread::Vcpu
             .allowed()
             .iter()
-            .any(|a| a.name == "ioctl" && a.arg1.len() == 2));
+            .any(|a| a.name == "ioctl" && a.arg1.len() == 3));
     }
 
     /// Runs `f` in a forked child under the vCPU filter; returns how the

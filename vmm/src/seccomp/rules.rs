@@ -20,6 +20,9 @@ pub struct Allowed {
 pub const KVM_RUN: u64 = 0xae80;
 /// `_IOR(KVMIO, 0x81, struct kvm_regs)`: read on an internal error, for the report.
 pub const KVM_GET_REGS: u64 = 0x8090_ae81;
+/// `_IOW(KVMIO, 0x6a, struct kvm_irq_routing)`: the I/O APIC's routes, when
+/// the guest reprograms it (split irqchip).
+pub const KVM_SET_GSI_ROUTING: u64 = 0x4008_ae6a;
 
 const fn allow(name: &'static str, nr: i64) -> Allowed {
     Allowed { name, nr, arg1: &[] }
@@ -47,10 +50,14 @@ pub const RUNTIME: &[Allowed] = &[
     Allowed { name: "fcntl", nr: libc::SYS_fcntl, arg1: &[libc::F_GETFD as u64] },
 ];
 
-/// A vCPU thread, besides [`RUNTIME`]: KVM_RUN (and KVM_GET_REGS for the
-/// report of an internal error).
-pub const VCPU_ONLY: &[Allowed] =
-    &[Allowed { name: "ioctl", nr: libc::SYS_ioctl, arg1: &[KVM_RUN, KVM_GET_REGS] }];
+/// A vCPU thread, besides [`RUNTIME`]: KVM_RUN, KVM_GET_REGS (for the
+/// report of an internal error) and KVM_SET_GSI_ROUTING (the guest's
+/// I/O APIC writes, handled on the vCPU that made them).
+pub const VCPU_ONLY: &[Allowed] = &[Allowed {
+    name: "ioctl",
+    nr: libc::SYS_ioctl,
+    arg1: &[KVM_RUN, KVM_GET_REGS, KVM_SET_GSI_ROUTING],
+}];
 
 /// The VMM thread once the vCPUs run, besides [`RUNTIME`]: wait, kick the
 /// vCPU threads (pthread_kill is getpid + tgkill), tear down; pread64 reads
