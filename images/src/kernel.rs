@@ -94,6 +94,10 @@ pub const PATCHES: &[(&str, &str)] = &[
         "0006-sysfs-twinbox_lean_sysfs.patch",
         include_str!("../kernel/patches/0006-sysfs-twinbox_lean_sysfs.patch"),
     ),
+    (
+        "0007-x86-mm-skip-e820-lookups-for-empty-entries.patch",
+        include_str!("../kernel/patches/0007-x86-mm-skip-e820-lookups-for-empty-entries.patch"),
+    ),
 ];
 /// Bumped when the build steps change in a way that changes the result.
 const RECIPE_VERSION: u32 = 1;
