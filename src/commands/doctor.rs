@@ -51,9 +51,10 @@ pub fn run(store: &Store) -> bool {
                 Verdict::Ok,
                 "/dev/kvm",
                 &format!(
-                    "usable (API {}, irqchip {}, PIT {}, up to {} vCPUs)",
+                    "usable (API {}, irqchip {}, split irqchip {}, PIT {}, up to {} vCPUs)",
                     p.api_version,
                     yes(p.irqchip),
+                    yes(p.split_irqchip),
                     yes(p.pit),
                     p.max_vcpus
                 ),

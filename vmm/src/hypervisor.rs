@@ -144,6 +144,9 @@ pub struct Probe {
     pub api_version: i32,
     /// Whether the in-kernel irqchip (PIC, IOAPIC, LAPIC) is offered.
     pub irqchip: bool,
+    /// Whether the split irqchip (LAPICs in KVM, the rest in the VMM) is
+    /// offered; without it VMs get the whole irqchip in KVM.
+    pub split_irqchip: bool,
     /// Whether the in-kernel PIT is offered.
     pub pit: bool,
     /// Most vCPUs per VM KVM recommends.
@@ -163,6 +166,7 @@ pub fn probe() -> Result<Probe, Error> {
         kind: detect_kind(),
         api_version,
         irqchip: kvm.check_extension(Cap::Irqchip),
+        split_irqchip: kvm.check_extension(Cap::SplitIrqchip),
         pit: kvm.check_extension(Cap::Pit2),
         max_vcpus: kvm.get_nr_vcpus(),
     })
