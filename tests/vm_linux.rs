@@ -214,3 +214,125 @@ fn a_vm_run_killed_mid_boot_leaves_no_temporary_file() -> TestResult {
     assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
     Ok(())
 }
+
+/// The guest kernel is not built for PVM alone. On a plain x86 machine,
+/// QEMU's TCG (a whole x86 in software, no KVM), it runs a workload with
+/// none of the PVM-only boot parameters, so none of our PVM patches acts:
+/// SYSCALL, FWAIT and the rest behave as upstream. The same kernel, the
+/// image as an initramfs, our init; init's exit-port write reaches QEMU's
+/// isa-debug-exit, which exits with (status << 1) | 1. Skipped, with a
+/// message, where QEMU is not installed (`scripts/bootstrap` installs it).
+#[test]
+fn the_kernel_runs_a_workload_on_plain_x86_without_the_pvm_parameters() -> TestResult {
+    let qemu = PathBuf::from("/usr/bin/qemu-system-x86_64");
+    if !qemu.exists() {
+        eprintln!("skipped: no {}", qemu.display());
+        return Ok(());
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_twinbox"))
+        .args(["kernel", "show"])
+        .output()?;
+    assert_eq!(code(&out), 0, "no guest kernel: {}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let bzimage = v["bzimage"].as_str().ok_or("kernel show gave no bzImage")?;
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_twinbox"));
+    let init = exe
+        .parent()
+        .ok_or("no target dir")?
+        .join("../x86_64-unknown-linux-gnu/release/twinbox-init");
+    assert!(
+        init.is_file(),
+        "no static init at {}: run scripts/bootstrap",
+        init.display()
+    );
+
+    let env = Env::new();
+    let built = env.run(&["image", "build-base"]);
+    assert_eq!(code(&built), 0, "{}", stderr(&built));
+    let rootfs = env.home().join("images/busybox@latest/rootfs");
+    let archive = env.path().join("guest.cpio");
+    let mut file = std::fs::File::create(&archive)?;
+    twinbox_images::initramfs::write(
+        &rootfs,
+        twinbox_images::initramfs::Compression::None,
+        &mut file,
+    )?;
+    let spec = br#"{"argv":["sh","-c","echo hello from plain x86; nproc; exit 7"],"env":["PATH=/bin:/usr/bin:/sbin"],"cwd":"/","user":"","hostname":"twinbox"}"#;
+    let mut cpio = twinbox_images::initramfs::Newc::new(&mut file);
+    cpio.dir(b".twinbox", 0o700, 0, 0)?;
+    let init_len = u32::try_from(std::fs::metadata(&init)?.len())?;
+    cpio.file(
+        b".twinbox/init",
+        0o755,
+        0,
+        0,
+        init_len,
+        &mut std::fs::File::open(&init)?,
+    )?;
+    cpio.file(
+        b".twinbox/spec.json",
+        0o600,
+        0,
+        0,
+        spec.len() as u32,
+        &mut &spec[..],
+    )?;
+    cpio.dir(b"dev", 0o755, 0, 0)?;
+    cpio.node(b"dev/console", 0o020000 | 0o600, 0, 0, (5, 1))?;
+    cpio.finish()?;
+    drop(file);
+
+    let mut qemu = Command::new(qemu)
+        .args([
+            "-M",
+            "microvm,acpi=off",
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "256m",
+        ])
+        .args([
+            "-nographic",
+            "-no-reboot",
+            "-nodefaults",
+            "-serial",
+            "stdio",
+        ])
+        .args(["-device", "isa-debug-exit,iobase=0x501,iosize=1"])
+        .arg("-kernel")
+        .arg(bzimage)
+        .arg("-initrd")
+        .arg(&archive)
+        .args([
+            "-append",
+            "console=ttyS0 reboot=k panic=-1 quiet rdinit=/.twinbox/init",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // Never longer than two minutes, whatever the guest does.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while qemu.try_wait()?.is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            return Err("QEMU TCG did not finish within 120 s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = qemu.wait_with_output()?;
+    let text = stdout(&out);
+    assert_eq!(
+        code(&out),
+        (7 << 1) | 1,
+        "stdout:\n{text}\nstderr:\n{}",
+        stderr(&out)
+    );
+    let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+    assert!(lines.contains(&"hello from plain x86"), "{text}");
+    assert!(lines.contains(&"1"), "nproc: {text}");
+    Ok(())
+}
