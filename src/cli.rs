@@ -124,6 +124,10 @@ pub struct BootBenchArgs {
     /// Also write every run as JSON here.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// Leave out the same guest under QEMU's TCG (a software x86, no KVM),
+    /// which runs where qemu-system-x86_64 is installed.
+    #[arg(long)]
+    pub no_qemu: bool,
 }
 
 /// The container launchers side by side: see `twinbox bench container`.

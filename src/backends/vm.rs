@@ -121,7 +121,7 @@ pub fn is_dynamic(path: &Path) -> Result<bool> {
 }
 
 /// Writes the per-run archive: init, spec, /dev/console.
-fn run_archive(out: File, init: &Path, spec: &[u8]) -> Result<()> {
+pub(crate) fn run_archive(out: File, init: &Path, spec: &[u8]) -> Result<()> {
     let mut init_file = File::open(init).with_context(|| format!("opening {}", init.display()))?;
     let init_len = u32::try_from(init_file.metadata()?.len()).context("init is too large")?;
     let mut cpio = Newc::new(BufWriter::new(out));

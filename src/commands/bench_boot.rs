@@ -2,7 +2,12 @@
 //! to the workload's exit, and where that time goes, from the boot-timer
 //! marks init writes (VMM setup, kernel, init, workload and power-off).
 //! With our kernel it alternates the two ways the image reaches the guest
-//! (a pmem disk and an initramfs), so they are compared in one run.
+//! (a pmem disk and an initramfs), so they are compared in one run, and,
+//! where QEMU is installed, the same kernel, init and image under QEMU's
+//! TCG: a whole x86 in software, no KVM, so no PVM-only boot parameter.
+//! On a PVM host that row says how much of the boot is the kernel's own
+//! work and how much the hypervisor's way of running it; QEMU gives no
+//! boot-timer marks, so its row has the total only.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -10,15 +15,85 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use twinbox_bench::stats;
 
-use crate::backends::vm::has_pmem_root;
+use crate::backends::vm::{has_pmem_root, run_archive};
 use crate::cli::BootBenchArgs;
+
+/// QEMU, for the TCG row.
+const QEMU: &str = "/usr/bin/qemu-system-x86_64";
+/// The row's name.
+const QEMU_ROW: &str = "qemu-tcg (initramfs)";
+/// The longest a QEMU run may take (as long as the VM runs get).
+const QEMU_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The guest under QEMU's TCG: the image's initramfs (packed as VM mode
+/// packs it) and a run archive with our init and a spec for `/bin/true`,
+/// back to back in `dir`. QEMU's isa-debug-exit on the exit port ends it
+/// with `(status << 1) | 1`.
+fn qemu_command(
+    bzimage: &std::path::Path,
+    image: &str,
+    memory: &str,
+    dir: &std::path::Path,
+) -> Result<Command> {
+    use std::io::Write;
+    let store = twinbox_images::store::Store::open(&twinbox_images::store::Store::default_home())?;
+    let img = store.get(&twinbox_images::reference::Reference::parse(image)?)?;
+    let packed = twinbox_images::initramfs::build(
+        &img.rootfs(),
+        twinbox_images::initramfs::Compression::None,
+        Some(&img.meta.id),
+    )?;
+    let init = crate::host::find_static("twinbox-init", "TWINBOX_INIT")?;
+    let run = dir.join("run.cpio");
+    let spec = serde_json::json!({
+        "argv": ["/bin/true"], "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
+        "cwd": "/", "user": "", "hostname": "twinbox",
+    });
+    run_archive(
+        std::fs::File::create(&run)?,
+        &init,
+        spec.to_string().as_bytes(),
+    )?;
+    let initrd = dir.join("qemu-initrd.cpio");
+    let mut out = std::fs::File::create(&initrd)?;
+    out.write_all(&std::fs::read(&packed)?)?;
+    out.write_all(&std::fs::read(&run)?)?;
+    let mut c = Command::new(QEMU);
+    c.args([
+        "-M",
+        "microvm,acpi=off",
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        memory,
+    ])
+    .args([
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+    ])
+    .args(["-device", "isa-debug-exit,iobase=0x501,iosize=1"])
+    .arg("-kernel")
+    .arg(bzimage)
+    .arg("-initrd")
+    .arg(&initrd)
+    .args([
+        "-append",
+        "console=ttyS0 reboot=k panic=-1 quiet loglevel=1 rdinit=/.twinbox/init",
+    ]);
+    Ok(c)
+}
 
 /// One run's figures, in milliseconds.
 #[derive(Debug, Clone, serde::Serialize)]
 struct Run {
     root: String,
     wall_ms: f64,
-    setup_ms: f64,
+    setup_ms: Option<f64>,
     kernel_ms: Option<f64>,
     init_ms: Option<f64>,
     workload_ms: Option<f64>,
@@ -33,7 +108,7 @@ fn parse(line: &str, root: &str, wall_ms: f64) -> Option<Run> {
     Some(Run {
         root: root.into(),
         wall_ms,
-        setup_ms: setup,
+        setup_ms: Some(setup),
         kernel_ms: init.map(|i| i - setup),
         init_ms: init.zip(workload).map(|(i, w)| w - i),
         workload_ms: workload.map(|w| stopped - w),
@@ -60,10 +135,57 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
     };
     let exe = std::env::current_exe()?;
     let dir = tempfile::tempdir()?;
+    let mut qemu = match (args.no_qemu, std::path::Path::new(QEMU).exists()) {
+        (false, true) => Some(
+            qemu_command(&kernel.bzimage(), &args.image, &args.memory, dir.path())
+                .context("preparing the QEMU TCG run")?,
+        ),
+        _ => None,
+    };
     let pb = super::count_bar("bench boot");
-    pb.set_length((args.runs * roots.len()) as u64);
+    pb.set_length((args.runs * (roots.len() + usize::from(qemu.is_some()))) as u64);
     let mut runs = Vec::new();
     for i in 0..args.runs {
+        if let Some(q) = qemu.as_mut() {
+            pb.set_message(format!("QEMU TCG, run {}", i + 1));
+            let start = Instant::now();
+            let mut child = q
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting qemu-system-x86_64")?;
+            // As long as the VM runs are allowed, then killed.
+            let status = loop {
+                if let Some(st) = child.try_wait()? {
+                    break st;
+                }
+                if start.elapsed() > QEMU_TIMEOUT {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    bail!("QEMU TCG run {} did not end within {QEMU_TIMEOUT:?}", i + 1);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            };
+            let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+            // isa-debug-exit: (0 << 1) | 1 for a workload that exited 0.
+            if status.code() != Some(1) {
+                bail!(
+                    "QEMU TCG run {} ended with {status} instead of the workload's exit 0",
+                    i + 1
+                );
+            }
+            runs.push(Run {
+                root: QEMU_ROW.into(),
+                wall_ms,
+                setup_ms: None,
+                kernel_ms: None,
+                init_ms: None,
+                workload_ms: None,
+                exit_ms: wall_ms,
+            });
+            pb.inc(1);
+        }
         for root in &roots {
             pb.set_message(format!("{root}, run {}", i + 1));
             let timings = dir.path().join(format!("{root}-{i}.jsonl"));
@@ -113,18 +235,38 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
     );
     println!("| root | runs | VMM setup | kernel (to init) | init (to workload) | workload + power-off | start to exit | wall (whole command) |");
     println!("|---|---|---|---|---|---|---|---|");
-    for root in &roots {
+    let mut rows: Vec<&str> = roots.clone();
+    if qemu.is_some() {
+        rows.push(QEMU_ROW);
+    }
+    for root in &rows {
         let mine: Vec<&Run> = runs.iter().filter(|r| r.root == *root).collect();
         println!(
             "| {root} | {} | {} | {} | {} | {} | {} | {} |",
             mine.len(),
-            p50(mine.iter().map(|r| r.setup_ms)),
+            p50(mine.iter().filter_map(|r| r.setup_ms)),
             p50(mine.iter().filter_map(|r| r.kernel_ms)),
             p50(mine.iter().filter_map(|r| r.init_ms)),
             p50(mine.iter().filter_map(|r| r.workload_ms)),
             p50(mine.iter().map(|r| r.exit_ms)),
             p50(mine.iter().map(|r| r.wall_ms)),
         );
+    }
+    let exit = |row: &str| {
+        let v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.root == row)
+            .map(|r| r.wall_ms)
+            .collect();
+        stats::summarize(&v).map(|s| s.p50)
+    };
+    if let (Some(q), Some(first)) = (exit(QEMU_ROW), roots.first()) {
+        if let Some(ours) = exit(first) {
+            println!(
+                "\nQEMU TCG ({QEMU}) boots the same kernel, init and image with no KVM and none of the PVM-only boot parameters; it has no boot-timer marks, so its row is the whole command. twinbox {first} / QEMU TCG, wall: {:.1}x.",
+                ours / q
+            );
+        }
     }
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_vec_pretty(&runs)?)
