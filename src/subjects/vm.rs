@@ -1,8 +1,8 @@
 //! The VM subject of the benchmark: `twinbox run --isolation vm`, the same
 //! image in a microVM with our kernel and init. On a PVM host (a software
 //! hypervisor) a Linux guest boots in [`PVM_BOOT`], so the benchmark runs it
-//! [`SLOW_VM_RUNS`] times for startup, once idle and once for the isolation
-//! probe instead of in every scenario: [`slow_host`] says so, and
+//! [`SLOW_VM_RUNS`] times for startup, once idle, once with a few boxes for
+//! density and once for the isolation probe instead of in every scenario: [`slow_host`] says so, and
 //! [`Skipped`] stands in for it where it is not run.
 
 use std::path::PathBuf;
@@ -47,7 +47,7 @@ pub fn slow_host(quick: bool) -> Option<String> {
         if quick {
             format!("not in --quick: a Linux guest boots in {PVM_BOOT} on this PVM host (software hypervisor)")
         } else {
-            format!("a Linux guest boots in {PVM_BOOT} on this PVM host (software hypervisor), so the VM runs only for startup ({SLOW_VM_RUNS} runs), one idle box and the isolation probe")
+            format!("a Linux guest boots in {PVM_BOOT} on this PVM host (software hypervisor), so the VM runs only for startup ({SLOW_VM_RUNS} runs), idle memory and density (a few boxes) and the isolation probe")
         }
     })
 }
