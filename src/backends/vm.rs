@@ -32,13 +32,14 @@ pub const DEFAULT_MEMORY: u64 = 256 << 20;
 
 /// The spec init reads (its `spec.rs` has the same fields).
 #[derive(serde::Serialize)]
-struct Spec<'a> {
-    argv: &'a [String],
-    env: &'a [String],
-    cwd: &'a str,
-    user: &'a str,
-    hostname: &'a str,
-    root: &'a str,
+pub(crate) struct Spec<'a> {
+    pub argv: &'a [String],
+    pub env: &'a [String],
+    pub cwd: &'a str,
+    pub user: &'a str,
+    pub hostname: &'a str,
+    /// The root disk init mounts, or empty (the initramfs is the root).
+    pub root: &'a str,
 }
 
 /// Where the guest finds the image's root disk.

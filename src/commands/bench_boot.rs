@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use twinbox_bench::stats;
 
-use crate::backends::vm::{has_pmem_root, run_archive};
+use crate::backends::vm::{has_pmem_root, run_archive, Spec};
 use crate::cli::BootBenchArgs;
 
 /// QEMU, for the TCG row.
@@ -35,7 +35,6 @@ fn qemu_command(
     memory: &str,
     dir: &std::path::Path,
 ) -> Result<Command> {
-    use std::io::Write;
     let store = twinbox_images::store::Store::open(&twinbox_images::store::Store::default_home())?;
     let img = store.get(&twinbox_images::reference::Reference::parse(image)?)?;
     let packed = twinbox_images::initramfs::build(
@@ -44,20 +43,19 @@ fn qemu_command(
         Some(&img.meta.id),
     )?;
     let init = crate::host::find_static("twinbox-init", "TWINBOX_INIT")?;
-    let run = dir.join("run.cpio");
-    let spec = serde_json::json!({
-        "argv": ["/bin/true"], "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin"],
-        "cwd": "/", "user": "", "hostname": "twinbox",
-    });
-    run_archive(
-        std::fs::File::create(&run)?,
-        &init,
-        spec.to_string().as_bytes(),
-    )?;
+    let spec = serde_json::to_vec(&Spec {
+        argv: &["/bin/true".to_string()],
+        env: &["PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_string()],
+        cwd: "/",
+        user: "",
+        hostname: "twinbox",
+        root: "",
+    })?;
+    // The image's archive, then the run archive appended to it.
     let initrd = dir.join("qemu-initrd.cpio");
     let mut out = std::fs::File::create(&initrd)?;
-    out.write_all(&std::fs::read(&packed)?)?;
-    out.write_all(&std::fs::read(&run)?)?;
+    std::io::copy(&mut std::fs::File::open(&packed)?, &mut out)?;
+    run_archive(out, &init, &spec)?;
     let mut c = Command::new(QEMU);
     c.args([
         "-M",

@@ -43,9 +43,6 @@ fn machine(cgroups: String) -> Machine {
     }
 }
 
-/// VMs up at once for density on a slow host (instead of 30).
-const SLOW_VM_DENSITY: usize = 3;
-
 /// Runs the full benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let t0 = Instant::now();
@@ -59,9 +56,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let unshare = lab.unshare();
     let ours = lab.container(None);
     let real_vm = lab.vm();
-    // On a slow host (PVM) the VM runs a few times for startup, once idle
-    // and once for the probe (none of it in --quick); elsewhere it is a
-    // subject like the others.
+    // On a slow host (PVM) the VM runs a few times for startup, once idle,
+    // with a few boxes for density and once for the probe (none of it in
+    // --quick); elsewhere it is a subject like the others. `vm` stands for
+    // it where it runs as often as the others, `vm_few` where a slow host
+    // runs it a few times.
     let slow = crate::subjects::vm::slow_host(quick);
     let skipped = slow.as_ref().map(|why| crate::subjects::vm::Skipped {
         name: real_vm.name(),
@@ -71,6 +70,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Some(s) => s,
         None => &real_vm,
     };
+    let vm_few: &dyn Subject = if quick { vm } else { &real_vm };
     let crun = lab.oci("crun")?;
     let runc = lab.oci("runc")?;
     let runsc = lab.oci("runsc")?;
@@ -121,7 +121,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         pb.finish_and_clear();
         check_stopped()?;
         // On a slow host the VM gets a few runs of its own, not 60.
-        if let (Some(startup), false) = (results.startup.as_mut(), quick || slow.is_none()) {
+        if let (Some(startup), Some(_), false) = (results.startup.as_mut(), &slow, quick) {
             let vm_plan = Plan {
                 runs: crate::subjects::vm::SLOW_VM_RUNS.min(plan.runs),
                 warmup: 0,
@@ -162,33 +162,37 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     if want(Scenario::Memory) {
         let pb = super::spinner("memory");
         let reps = if quick { 1 } else { 5 };
-        // On a slow host one idle VM, not `reps` (it boots first).
-        let (idle_vm, vm_reps): (&dyn Subject, usize) = match (&slow, quick) {
-            (Some(_), false) => (&real_vm, 1),
-            _ => (vm, reps),
+        let k = if quick { 10 } else { 30 };
+        // On a slow host one idle VM, and a few VMs at once for density,
+        // once each (every one boots first).
+        let (vm_reps, vm_k) = match slow {
+            Some(_) => (1, crate::subjects::vm::SLOW_VM_DENSITY.min(k)),
+            None => (reps, k),
         };
-        let idle_subjects: [&dyn Subject; 8] =
-            [&ours, idle_vm, &unshare, &crun, &runc, &runsc, &vmm, &qemu];
+        let idle_subjects: [(&dyn Subject, usize); 8] = [
+            (&ours, reps),
+            (vm_few, vm_reps),
+            (&unshare, reps),
+            (&crun, reps),
+            (&runc, reps),
+            (&runsc, reps),
+            (&vmm, reps),
+            (&qemu, reps),
+        ];
         let mut idle = Vec::new();
-        for s in idle_subjects {
+        for (s, n) in idle_subjects {
             pb.set_message(format!("idle {}", s.name()));
-            let n = if s.name() == real_vm.name() {
-                vm_reps
-            } else {
-                reps
-            };
             idle.push(memory::idle(s, n));
             check_stopped()?;
         }
-        let k = if quick { 10 } else { 30 };
+        let density_subjects: [(&dyn Subject, usize, usize); 4] = [
+            (&ours, k, reps),
+            (vm_few, vm_k, vm_reps),
+            (&crun, k, reps),
+            (&vmm, k, reps),
+        ];
         let mut density = Vec::new();
-        for s in [&ours as &dyn Subject, idle_vm, &crun, &vmm] {
-            // On a slow host, 3 VMs booting at once, once.
-            let (k, n) = if s.name() == real_vm.name() && slow.is_some() {
-                (SLOW_VM_DENSITY.min(k), vm_reps)
-            } else {
-                (k, reps)
-            };
+        for (s, k, n) in density_subjects {
             pb.set_message(format!("density: {k} x {}", s.name()));
             density.push(memory::density(s, k, n));
             check_stopped()?;
@@ -214,8 +218,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             .map_err(|e| anyhow::anyhow!("the probe on the host: {e}"))?
             .context("the probe on the host")?;
         // The VM probe runs even on a slow host, once, except in --quick.
-        let vm_probe: &dyn Subject = if quick { vm } else { &real_vm };
-        let probed: [&dyn Subject; 6] = [&ours, vm_probe, &unshare, &crun, &runc, &runsc];
+        let probed: [&dyn Subject; 6] = [&ours, vm_few, &unshare, &crun, &runc, &runsc];
         let mut names = vec!["host".to_string()];
         let mut unavailable = Vec::new();
         let mut reports: Vec<(String, serde_json::Value)> = vec![("host".into(), host.clone())];

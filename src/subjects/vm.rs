@@ -39,6 +39,8 @@ pub const PVM_BOOT: &str = "about 20 s";
 
 /// Startup runs of the VM on a slow host (instead of the plan's 60).
 pub const SLOW_VM_RUNS: usize = 3;
+/// VMs up at once for density on a slow host (instead of 30).
+pub const SLOW_VM_DENSITY: usize = 3;
 
 /// Why a Linux guest is too slow here to run in every scenario, if it is;
 /// `quick` for `bench --quick`, which runs no Linux guest there.

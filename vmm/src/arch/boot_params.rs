@@ -75,11 +75,7 @@ const KERNEL_HDR_MAGIC: u32 = 0x5372_6448; // "HdrS"
 const KERNEL_LOADER_OTHER: u8 = 0xff;
 const KERNEL_MIN_ALIGNMENT: u32 = 0x0100_0000;
 
-fn add_e820(p: &mut boot_params, addr: u64, size: u64) -> Result<(), Error> {
-    add_e820_typed(p, addr, size, E820_RAM)
-}
-
-fn add_e820_typed(p: &mut boot_params, addr: u64, size: u64, kind: u32) -> Result<(), Error> {
+fn add_e820(p: &mut boot_params, addr: u64, size: u64, kind: u32) -> Result<(), Error> {
     let i = p.e820_entries as usize;
     let slot = p.e820_table.get_mut(i).ok_or(Error::E820Full)?;
     slot.addr = addr;
@@ -120,17 +116,17 @@ pub fn write(
     p.hdr.setup_data = SETUP_DATA;
     for &(start, size) in regions {
         if start == 0 {
-            add_e820(&mut p, 0, EBDA_START)?;
+            add_e820(&mut p, 0, EBDA_START, E820_RAM)?;
             let low_end = size.min(MMIO_GAP_START);
             if low_end > HIMEM_START {
-                add_e820(&mut p, HIMEM_START, low_end - HIMEM_START)?;
+                add_e820(&mut p, HIMEM_START, low_end - HIMEM_START, E820_RAM)?;
             }
         } else {
-            add_e820(&mut p, start, size)?;
+            add_e820(&mut p, start, size, E820_RAM)?;
         }
     }
     if let Some((start, size)) = pmem {
-        add_e820_typed(&mut p, start, size, E820_PRAM)?;
+        add_e820(&mut p, start, size, E820_PRAM)?;
     }
     LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
         &BootParams::new::<boot_params>(&p, GuestAddress(ZERO_PAGE)),

@@ -135,7 +135,7 @@ impl Ioapic {
                 } & WRITABLE;
                 *entry = new;
                 let routes = self.routes();
-                if new == old || routes == self.routes {
+                if routes == self.routes {
                     return None;
                 }
                 self.routes = routes.clone();

@@ -67,13 +67,18 @@ impl Devices {
         self
     }
 
+    /// The I/O APIC and the offset in its window, if `addr` is there.
+    fn ioapic_at(&self, addr: u64) -> Option<(&(Mutex<ioapic::Ioapic>, RouteInstaller), u64)> {
+        let offset = addr
+            .checked_sub(ioapic::BASE)
+            .filter(|o| *o < ioapic::SIZE)?;
+        Some((self.ioapic.as_ref()?, offset))
+    }
+
     /// A guest MMIO write at `addr`; an error if routes it changed could
     /// not be installed (the guest's interrupts would be lost).
     pub fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<(), String> {
-        let Some((io, install)) = &self.ioapic else {
-            return Ok(());
-        };
-        let Some(offset) = addr.checked_sub(ioapic::BASE).filter(|o| *o < ioapic::SIZE) else {
+        let Some(((io, install), offset)) = self.ioapic_at(addr) else {
             return Ok(());
         };
         let routes = match io.lock() {
@@ -88,12 +93,11 @@ impl Devices {
 
     /// A guest MMIO read at `addr`.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
-        let offset = addr.checked_sub(ioapic::BASE).filter(|o| *o < ioapic::SIZE);
-        match (&self.ioapic, offset) {
-            (Some((io, _)), Some(offset)) => match io.lock() {
-                Ok(io) => io.read(offset, data),
-                Err(_) => data.fill(0xff),
-            },
+        match self
+            .ioapic_at(addr)
+            .map(|((io, _), offset)| (io.lock(), offset))
+        {
+            Some((Ok(io), offset)) => io.read(offset, data),
             _ => data.fill(0xff),
         }
     }
