@@ -87,6 +87,10 @@ pub enum BenchCommand {
         /// Warm-up runs per subject, discarded.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
+        /// Traced runs per subject after the timed ones, for peak RSS
+        /// (the subject's own high-water mark, read at its exit stop).
+        #[arg(long, default_value_t = 5)]
+        rss_runs: usize,
         /// A firecracker binary to include.
         #[arg(long, value_name = "PATH")]
         firecracker: Option<PathBuf>,

@@ -8,12 +8,13 @@
 //! spawn and a marker to wait for.
 //!
 //! Modules: [`subject`] (the trait), [`sample`] (one timed run of a
-//! process), [`runner`] (interleaved runs with warm-up), [`scenarios`]
+//! process), [`peak_rss`] (one traced run, for its peak RSS), [`runner`] (interleaved runs with warm-up), [`scenarios`]
 //! (startup, memory, isolation, speed), [`pss`], [`stats`], [`results`]
 //! (everything a run found, as one serializable value), [`report`]
 //! (Markdown tables), [`html`] and [`svg`] (the self-contained page).
 
 pub mod html;
+pub mod peak_rss;
 pub mod pss;
 pub mod report;
 pub mod results;

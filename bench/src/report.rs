@@ -2,9 +2,10 @@
 //! startup table (also used by `bench floor` and `bench container`), and
 //! the whole report of a `twinbox bench` run.
 //!
-//! No peak-RSS column: `wait4`'s `ru_maxrss` carries the spawning process's
-//! RSS across fork and exec, so for small subjects it measures the
-//! benchmark, not the box. Memory is the memory scenario's business (PSS).
+//! The startup table has a peak-RSS column when the plan asked for traced
+//! runs ([`crate::peak_rss`]: the subject's own high-water mark, not
+//! `wait4`'s, which counts the benchmark's memory too). A box's memory is
+//! the memory scenario's business (PSS of everything it runs).
 
 use std::fmt::Write;
 
@@ -36,19 +37,38 @@ pub fn exit_p50(results: &[SubjectResult], name: &str) -> Option<f64> {
         .map(|s| s.p50)
 }
 
+/// The median peak RSS of a subject's traced runs, KiB.
+pub fn peak_rss_p50(r: &SubjectResult) -> Option<f64> {
+    let v: Vec<f64> = r.peak_rss_kib.iter().map(|&k| k as f64).collect();
+    summarize(&v).map(|s| s.p50)
+}
+
 /// A Markdown table of `results`, ratios of median time to exit taken to
-/// the subject named `baseline`.
+/// the subject named `baseline`; a last column of peak RSS when any subject
+/// has traced runs.
 pub fn startup_table(results: &[SubjectResult], baseline: &str) -> String {
     let base = exit_p50(results, baseline);
+    let rss = results.iter().any(|r| !r.peak_rss_kib.is_empty());
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| subject | runs | to marker p50 / p90 (ms) | to exit p50 / p90 / p99 (ms) | min / max (ms) | exit vs {baseline} |"
+        "| subject | runs | to marker p50 / p90 (ms) | to exit p50 / p90 / p99 (ms) | min / max (ms) | exit vs {baseline} |{}",
+        if rss { " peak RSS p50 (MiB) |" } else { "" }
     );
-    let _ = writeln!(t, "|---|---|---|---|---|---|");
+    let _ = writeln!(
+        t,
+        "|---|---|---|---|---|---|{}",
+        if rss { "---|" } else { "" }
+    );
     for r in results {
         if let Some(why) = &r.unavailable {
-            let _ = writeln!(t, "| {} | - | not run: {} | | | |", r.name, why);
+            let _ = writeln!(
+                t,
+                "| {} | - | not run: {} | | | |{}",
+                r.name,
+                why,
+                if rss { " |" } else { "" }
+            );
             continue;
         }
         let (m, e) = summaries(r);
@@ -70,9 +90,14 @@ pub fn startup_table(results: &[SubjectResult], baseline: &str) -> String {
         } else {
             format!(" ({} failed: {})", r.failures.len(), r.failures[0])
         };
+        let peak = match (rss, peak_rss_p50(r)) {
+            (false, _) => String::new(),
+            (true, None) => " - |".into(),
+            (true, Some(k)) => format!(" {:.1} ({} runs) |", k / 1024.0, r.peak_rss_kib.len()),
+        };
         let _ = writeln!(
             t,
-            "| {}{} | {} | {} | {} | {} | {} |",
+            "| {}{} | {} | {} | {} | {} | {} |{}",
             r.name,
             failed,
             r.samples.len(),
@@ -81,6 +106,7 @@ pub fn startup_table(results: &[SubjectResult], baseline: &str) -> String {
             e.as_ref()
                 .map_or("-".into(), |s| format!("{:.1} / {:.1}", s.min, s.max)),
             ratio,
+            peak,
         );
     }
     t
@@ -304,12 +330,12 @@ pub(crate) mod tests {
                 .map(|&e| Sample {
                     to_marker: Some(Duration::from_millis(e / 2)),
                     to_exit: Duration::from_millis(e),
-                    max_rss_kib: 0,
                     status: 0,
                     timed_out: false,
                 })
                 .collect(),
             failures: vec![],
+            peak_rss_kib: vec![],
         }
     }
 
@@ -323,6 +349,7 @@ pub(crate) mod tests {
                 unavailable: Some("not installed".into()),
                 samples: vec![],
                 failures: vec![],
+                peak_rss_kib: vec![],
             },
         ];
         let t = startup_table(&rs, "base");
@@ -335,5 +362,38 @@ pub(crate) mod tests {
             "{t}"
         );
         assert!(t.contains("| gone | - | not run: not installed |"), "{t}");
+    }
+
+    #[test]
+    fn a_peak_rss_column_appears_with_traced_runs() {
+        let mut with = result("vmm", &[4, 4, 4]);
+        with.peak_rss_kib = vec![4096, 5120, 6144];
+        let rs = vec![
+            with,
+            result("untraced", &[8]),
+            SubjectResult {
+                name: "gone".into(),
+                unavailable: Some("not installed".into()),
+                samples: vec![],
+                failures: vec![],
+                peak_rss_kib: vec![],
+            },
+        ];
+        let t = startup_table(&rs, "vmm");
+        assert!(
+            t.lines()
+                .next()
+                .unwrap_or("")
+                .ends_with("| peak RSS p50 (MiB) |"),
+            "{t}"
+        );
+        assert!(t.contains("| 1.00x | 5.0 (3 runs) |"), "{t}");
+        assert!(t.contains("| 2.00x | - |"), "{t}");
+        assert!(
+            t.contains("| gone | - | not run: not installed | | | | |"),
+            "{t}"
+        );
+        let plain = startup_table(&rs[1..], "untraced");
+        assert!(!plain.contains("peak RSS"), "{plain}");
     }
 }

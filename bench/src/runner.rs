@@ -5,12 +5,15 @@
 //! same neighbour (a box's asynchronous teardown, such as a network
 //! namespace's cleanup or an RCU grace period, would otherwise always land
 //! on the same next subject), and an optional quiet gap separates runs.
+//! After the timed rounds, optional traced rounds measure each subject's
+//! peak RSS ([`crate::peak_rss`]); they are never timed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::ProgressBar;
 
+use crate::peak_rss;
 use crate::sample::{self, Sample};
 use crate::subject::Subject;
 
@@ -39,6 +42,8 @@ pub struct Plan {
     /// Idle time before each run, for the previous run's asynchronous
     /// teardown to finish.
     pub gap: Duration,
+    /// Traced rounds after the timed ones, for peak RSS (0: none).
+    pub rss_runs: usize,
 }
 
 /// What one subject gave.
@@ -52,6 +57,8 @@ pub struct SubjectResult {
     pub samples: Vec<Sample>,
     /// Runs that failed, and how.
     pub failures: Vec<String>,
+    /// Peak RSS of each good traced run, KiB.
+    pub peak_rss_kib: Vec<u64>,
 }
 
 /// Why a sample is not a good run, if it is not.
@@ -85,30 +92,22 @@ pub fn run_interleaved(
             unavailable: s.unavailable(),
             samples: Vec::new(),
             failures: Vec::new(),
+            peak_rss_kib: Vec::new(),
         })
         .collect();
     let active = results.iter().filter(|r| r.unavailable.is_none()).count();
-    progress.set_length(((plan.warmup + plan.runs) * active) as u64);
-    let n = subjects.len();
-    for round in 0..plan.warmup + plan.runs {
-        for k in 0..n {
-            let i = (round + k) % n;
-            let (subject, result) = (subjects[i], &mut results[i]);
-            if result.unavailable.is_some() {
-                continue;
-            }
-            if stop_requested() {
-                return results;
-            }
-            if !plan.gap.is_zero() {
-                std::thread::sleep(plan.gap);
-            }
-            progress.set_message(format!("{} (round {})", result.name, round + 1));
+    progress.set_length(((plan.warmup + plan.runs + plan.rss_runs) * active) as u64);
+    let timed = rounds(
+        subjects,
+        &mut results,
+        plan.warmup + plan.runs,
+        plan.gap,
+        progress,
+        |subject, result, round| {
             let marker = subject.marker();
             let outcome = sample::measure(subject.command(), marker.as_deref(), plan.timeout);
-            progress.inc(1);
             if round < plan.warmup {
-                continue;
+                return;
             }
             match outcome {
                 Ok(s) => match judge(&s, subject) {
@@ -117,7 +116,61 @@ pub fn run_interleaved(
                 },
                 Err(e) => result.failures.push(e.to_string()),
             }
+        },
+    );
+    if !timed {
+        return results;
+    }
+    rounds(
+        subjects,
+        &mut results,
+        plan.rss_runs,
+        plan.gap,
+        progress,
+        |subject, result, _| match peak_rss::measure(subject.command(), plan.timeout) {
+            Ok(p) if p.timed_out || p.status != subject.expected_status() => result
+                .failures
+                .push(format!("traced run: exit status {}", p.status)),
+            Ok(p) => match p.kib {
+                Some(kib) => result.peak_rss_kib.push(kib),
+                None => result
+                    .failures
+                    .push("traced run: no exit stop, peak RSS unknown".into()),
+            },
+            Err(e) => result.failures.push(e.to_string()),
+        },
+    );
+    results
+}
+
+/// `count` rounds over the available subjects, the order rotating each
+/// round, `gap` before each run; false if a stop was requested.
+fn rounds(
+    subjects: &[&dyn Subject],
+    results: &mut [SubjectResult],
+    count: usize,
+    gap: Duration,
+    progress: &ProgressBar,
+    mut run: impl FnMut(&dyn Subject, &mut SubjectResult, usize),
+) -> bool {
+    let n = subjects.len();
+    for round in 0..count {
+        for k in 0..n {
+            let i = (round + k) % n;
+            let (subject, result) = (subjects[i], &mut results[i]);
+            if result.unavailable.is_some() {
+                continue;
+            }
+            if stop_requested() {
+                return false;
+            }
+            if !gap.is_zero() {
+                std::thread::sleep(gap);
+            }
+            progress.set_message(format!("{} (round {})", result.name, round + 1));
+            run(subject, result, round);
+            progress.inc(1);
         }
     }
-    results
+    true
 }

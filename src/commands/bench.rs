@@ -54,6 +54,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Floor {
             runs,
             warmup,
+            rss_runs,
             firecracker,
             json,
         } => {
@@ -66,13 +67,14 @@ pub fn run(args: BenchArgs) -> Result<()> {
                 spin: None,
             };
             let qemu = QemuMicrovm::find(&kernel);
-            let fc = Firecracker::new(firecracker, &kernel, dir.path())?;
+            let fc = Firecracker::new(firecracker, &kernel, None, dir.path())?;
             let subjects: [&dyn Subject; 3] = [&ours, &qemu, &fc];
             let plan = Plan {
                 runs,
                 warmup,
                 timeout: Duration::from_secs(30),
                 gap: Duration::ZERO,
+                rss_runs,
             };
             let pb = super::count_bar("bench floor");
             let results = run_interleaved(&subjects, &plan, &pb);

@@ -33,6 +33,7 @@ pub fn run(args: ContainerBenchArgs) -> Result<()> {
         warmup: args.warmup,
         timeout: Duration::from_secs(30),
         gap: Duration::from_millis(args.gap_ms),
+        rss_runs: 0,
     };
     let pb = super::count_bar("bench container");
     let results = run_interleaved(&subjects, &plan, &pb);

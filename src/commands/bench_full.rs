@@ -110,6 +110,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             warmup: if quick { 1 } else { 5 },
             timeout: Duration::from_secs(60),
             gap: Duration::from_millis(20),
+            rss_runs: 0,
         };
         let pb = super::count_bar("startup");
         results.startup = Some(startup::run(
@@ -127,6 +128,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 warmup: 0,
                 timeout: Duration::from_secs(180),
                 gap: plan.gap,
+                rss_runs: 0,
             };
             let pb = super::count_bar("startup: twinbox-vm");
             let mut r = twinbox_bench::run_interleaved(&[&real_vm], &vm_plan, &pb);
@@ -147,6 +149,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             warmup: if quick { 1 } else { 3 },
             timeout: Duration::from_secs(30),
             gap: Duration::ZERO,
+            rss_runs: if quick { 1 } else { 5 },
         };
         let pb = super::count_bar("monitor floor");
         results.floor = Some(startup::run(
@@ -169,7 +172,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Some(_) => (1, crate::subjects::vm::SLOW_VM_DENSITY.min(k)),
             None => (reps, k),
         };
-        let idle_subjects: [(&dyn Subject, usize); 8] = [
+        let idle_subjects: [(&dyn Subject, usize); 9] = [
             (&ours, reps),
             (vm_few, vm_reps),
             (&unshare, reps),
@@ -178,6 +181,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             (&runsc, reps),
             (&vmm, reps),
             (&qemu, reps),
+            (&fc, reps),
         ];
         let mut idle = Vec::new();
         for (s, n) in idle_subjects {
@@ -185,11 +189,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             idle.push(memory::idle(s, n));
             check_stopped()?;
         }
-        let density_subjects: [(&dyn Subject, usize, usize); 4] = [
+        let density_subjects: [(&dyn Subject, usize, usize); 5] = [
             (&ours, k, reps),
             (vm_few, vm_k, vm_reps),
             (&crun, k, reps),
             (&vmm, k, reps),
+            (&fc, k, reps),
         ];
         let mut density = Vec::new();
         for (s, k, n) in density_subjects {

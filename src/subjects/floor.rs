@@ -164,18 +164,48 @@ pub struct Firecracker {
     pub exe: Option<PathBuf>,
     /// Its config file (boot source: the null guest; 1 vCPU, 128 MiB).
     pub config: PathBuf,
+    /// The same with a null guest that halts forever, if written.
+    pub idle_config: Option<PathBuf>,
 }
 
 impl Firecracker {
-    /// Writes the config for `kernel` into `dir`.
-    pub fn new(exe: Option<PathBuf>, kernel: &Path, dir: &Path) -> std::io::Result<Self> {
-        let config = dir.join("firecracker.json");
+    /// Writes the config for `kernel` (and for `spin`, the idle guest, if
+    /// given) into `dir`.
+    pub fn new(
+        exe: Option<PathBuf>,
+        kernel: &Path,
+        spin: Option<&Path>,
+        dir: &Path,
+    ) -> std::io::Result<Self> {
+        let config = Self::write_config(kernel, &dir.join("firecracker.json"))?;
+        let idle_config = match spin {
+            Some(s) => Some(Self::write_config(s, &dir.join("firecracker-idle.json"))?),
+            None => None,
+        };
+        Ok(Self {
+            exe,
+            config,
+            idle_config,
+        })
+    }
+
+    /// `drives` may be empty but not absent: Firecracker 1.16 refuses the
+    /// file without it.
+    fn write_config(kernel: &Path, path: &Path) -> std::io::Result<PathBuf> {
         let json = serde_json::json!({
             "boot-source": {"kernel_image_path": kernel, "boot_args": ""},
+            "drives": [],
             "machine-config": {"vcpu_count": 1, "mem_size_mib": 128},
         });
-        std::fs::write(&config, json.to_string())?;
-        Ok(Self { exe, config })
+        std::fs::write(path, json.to_string())?;
+        Ok(path.to_path_buf())
+    }
+
+    fn command_for(&self, config: &Path) -> Command {
+        let mut c = Command::new(self.exe.as_deref().unwrap_or(Path::new("firecracker")));
+        c.args(["--no-api", "--level", "Error", "--config-file"])
+            .arg(config);
+        c
     }
 }
 
@@ -191,12 +221,26 @@ impl Subject for Firecracker {
         }
     }
     fn command(&self) -> Command {
-        let mut c = Command::new(self.exe.as_deref().unwrap_or(Path::new("firecracker")));
-        c.args(["--no-api", "--level", "Error", "--config-file"])
-            .arg(&self.config);
-        c
+        self.command_for(&self.config)
     }
     fn marker(&self) -> Option<String> {
         Some(MARKER.into())
+    }
+    fn idle(&self) -> Option<Idle> {
+        Some(Idle {
+            command: self.command_for(self.idle_config.as_deref()?),
+            workload_exe: None,
+            ready: None,
+        })
+    }
+    fn version(&self) -> Option<String> {
+        let out = Command::new(self.exe.as_deref()?)
+            .arg("--version")
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .map(str::to_string)
     }
 }

@@ -146,8 +146,8 @@ impl Lab {
             spin: Some(spin.clone()),
         };
         let mut qemu = QemuMicrovm::find(&kernel);
-        qemu.spin = Some(spin);
-        let fc = Firecracker::new(firecracker, &kernel, self.dir.path())?;
+        qemu.spin = Some(spin.clone());
+        let fc = Firecracker::new(firecracker, &kernel, Some(&spin), self.dir.path())?;
         Ok((ours, qemu, fc))
     }
 }
