@@ -244,3 +244,36 @@ impl Subject for Firecracker {
             .map(str::to_string)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Firecracker 1.16's `--config-file` needs all three sections
+    /// (without `drives` every run exited 1), and the idle config differs
+    /// only in its kernel.
+    #[test]
+    fn firecracker_configs_have_what_firecracker_requires() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let fc = Firecracker::new(
+            None,
+            Path::new("/k/exit.elf"),
+            Some(Path::new("/k/idle.elf")),
+            dir.path(),
+        )?;
+        let read = |p: &Path| -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+            Ok(serde_json::from_slice(&std::fs::read(p)?)?)
+        };
+        let run = read(&fc.config)?;
+        assert_eq!(run["boot-source"]["kernel_image_path"], "/k/exit.elf");
+        assert_eq!(run["drives"], serde_json::json!([]));
+        assert_eq!(run["machine-config"]["vcpu_count"], 1);
+        assert_eq!(run["machine-config"]["mem_size_mib"], 128);
+        let idle = read(fc.idle_config.as_deref().ok_or("no idle config")?)?;
+        assert_eq!(idle["boot-source"]["kernel_image_path"], "/k/idle.elf");
+        assert_eq!(idle["machine-config"], run["machine-config"]);
+        assert!(fc.unavailable().is_some());
+        Ok(())
+    }
+}
