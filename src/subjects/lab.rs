@@ -5,7 +5,7 @@
 //! probe, so every box runs the same rootfs), writes the null guests, and
 //! holds the temporary directory for bundles and runtime state.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use twinbox_container::cgroups::layout::{self, Layout};
@@ -62,8 +62,25 @@ pub struct Lab {
     pub home: PathBuf,
     /// Rootfs of the probe image.
     pub rootfs: PathBuf,
-    /// The twinbox binary.
+    /// The twinbox binary the subjects run: a copy of this one in `dir`.
     pub exe: PathBuf,
+}
+
+/// Copies the twinbox binary, with the guest init beside it if there is
+/// one, into `dir` and returns the copy. Subjects run the copy because PSS
+/// splits a page among the processes that map it: run from the benchmark's
+/// own binary, a twinbox box or VMM would share its code pages with the
+/// benchmark process and look lighter than a monitor of another binary.
+fn copy_binaries(dir: &Path) -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("finding the twinbox binary")?;
+    let copy = dir.join("twinbox");
+    std::fs::copy(&exe, &copy).with_context(|| format!("copying {}", exe.display()))?;
+    // Without an init the VM subject says why it cannot run.
+    if let Ok(init) = crate::host::find_static("twinbox-init", "TWINBOX_INIT") {
+        std::fs::copy(&init, dir.join("twinbox-init"))
+            .with_context(|| format!("copying {}", init.display()))?;
+    }
+    Ok(copy)
 }
 
 impl Lab {
@@ -83,12 +100,14 @@ impl Lab {
             &[("probe", probe.as_path(), 0o755)],
         )
         .context("making the probe image")?;
+        let dir = tempfile::tempdir()?;
+        let exe = copy_binaries(dir.path())?;
         Ok(Self {
-            dir: tempfile::tempdir()?,
+            dir,
             note,
             rootfs: image.rootfs(),
             home,
-            exe: std::env::current_exe().context("finding the twinbox binary")?,
+            exe,
         })
     }
 
