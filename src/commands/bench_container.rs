@@ -78,7 +78,7 @@ pub fn run(args: ContainerBenchArgs) -> Result<()> {
             m("cleanup_us"),
         );
         println!(
-            "\nWhere twinbox-container's start goes (medians of {} runs, µs): cgroups made {:.0}; clone to execve (namespaces, overlay, mounts, /dev, pivot_root, caps, seccomp) {:.0}; workload to exit {:.0}; cgroups removed {:.0}; the rest of {:.0} to exit is the launcher process itself (exec, dynamic loading, store, image config) {:.0}.",
+            "\nWhere twinbox-container's start goes (medians of {} runs, µs): cgroups made {:.0}; clone to execve (namespaces, overlay, mounts, /dev, pivot_root, caps, seccomp) {:.0}; workload to exit {:.0}; cgroups removed {:.0}; the rest of {:.0} to exit is the launcher process itself (exec, store, image config) {:.0}.",
             parsed.len(),
             cg,
             setup,
