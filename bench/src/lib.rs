@@ -24,6 +24,7 @@ pub mod scenarios;
 pub mod stats;
 pub mod subject;
 pub mod svg;
+pub mod watchdog;
 
 pub use runner::{request_stop, run_interleaved, stop_requested, Plan, SubjectResult};
 pub use subject::{Idle, Ready, Subject};

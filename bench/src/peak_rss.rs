@@ -10,12 +10,12 @@
 //! inherited. The stops cost a few context switches, so these runs are kept
 //! apart from the timed ones.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
+
+use crate::watchdog::Watchdog;
 
 /// Errors of a peak-RSS run.
 #[derive(Debug, thiserror::Error)]
@@ -107,39 +107,21 @@ pub fn measure(mut cmd: Command, timeout: Duration) -> Result<Peak, Error> {
     let pid = child.id() as libc::pid_t;
     // Opened before any wait, so it names this child and no later process.
     let pidfd = pidfd_open(pid).map_err(|e| Error::Trace(what.clone(), "pidfd_open", e))?;
-    let done = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let step = Duration::from_millis(5);
-            let mut waited = Duration::ZERO;
-            while waited < timeout {
-                if done.load(Ordering::Acquire) {
-                    return false;
-                }
-                std::thread::sleep(step);
-                waited += step;
-            }
-            if done.load(Ordering::Acquire) {
-                return false;
-            }
-            // SAFETY: signalling through a pidfd we own; a pidfd never
-            // reaches a reused pid.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    std::os::fd::AsRawFd::as_raw_fd(&pidfd),
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0,
-                )
-            };
-            true
-        })
-    };
+    let watchdog = Watchdog::start(timeout, move || {
+        // SAFETY: signalling through a pidfd we own; a pidfd never reaches a
+        // reused pid.
+        unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                pidfd.as_raw_fd(),
+                libc::SIGKILL,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+    });
     let result = trace_to_exit(pid, &what);
-    done.store(true, Ordering::Release);
-    let timed_out = watchdog.join().unwrap_or(false);
+    let timed_out = watchdog.finish();
     let (kib, status) = result?;
     Ok(Peak {
         kib,

@@ -339,18 +339,22 @@ pub(crate) mod tests {
         }
     }
 
+    fn gone() -> SubjectResult {
+        SubjectResult {
+            name: "gone".into(),
+            unavailable: Some("not installed".into()),
+            samples: vec![],
+            failures: vec![],
+            peak_rss_kib: vec![],
+        }
+    }
+
     #[test]
     fn ratios_are_to_the_baseline_median() {
         let rs = vec![
             result("base", &[10, 20, 30]),
             result("other", &[5, 10, 15]),
-            SubjectResult {
-                name: "gone".into(),
-                unavailable: Some("not installed".into()),
-                samples: vec![],
-                failures: vec![],
-                peak_rss_kib: vec![],
-            },
+            gone(),
         ];
         let t = startup_table(&rs, "base");
         assert!(
@@ -368,17 +372,7 @@ pub(crate) mod tests {
     fn a_peak_rss_column_appears_with_traced_runs() {
         let mut with = result("vmm", &[4, 4, 4]);
         with.peak_rss_kib = vec![4096, 5120, 6144];
-        let rs = vec![
-            with,
-            result("untraced", &[8]),
-            SubjectResult {
-                name: "gone".into(),
-                unavailable: Some("not installed".into()),
-                samples: vec![],
-                failures: vec![],
-                peak_rss_kib: vec![],
-            },
-        ];
+        let rs = vec![with, result("untraced", &[8]), gone()];
         let t = startup_table(&rs, "vmm");
         assert!(
             t.lines()

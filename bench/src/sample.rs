@@ -8,9 +8,9 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::watchdog::Watchdog;
 
 /// Errors of a run.
 #[derive(Debug, thiserror::Error)]
@@ -68,28 +68,11 @@ pub fn measure(mut cmd: Command, marker: Option<&str>, timeout: Duration) -> Res
             at
         })
     });
-    let done = Arc::new(AtomicBool::new(false));
-    let watchdog = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let step = Duration::from_millis(5);
-            let mut waited = Duration::ZERO;
-            while waited < timeout {
-                if done.load(Ordering::Acquire) {
-                    return false;
-                }
-                std::thread::sleep(step);
-                waited += step;
-            }
-            if done.load(Ordering::Acquire) {
-                return false;
-            }
-            // SAFETY: `pid` is our unreaped child (a zombie at worst), so it
-            // cannot have been reused.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            true
-        })
-    };
+    let watchdog = Watchdog::start(timeout, move || {
+        // SAFETY: `pid` is our unreaped child (a zombie at worst) until the
+        // watchdog is finished, so it cannot have been reused.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
     // Wait for the exit without reaping.
     loop {
         // SAFETY: a zeroed siginfo_t is a valid out-parameter for waitid.
@@ -112,14 +95,14 @@ pub fn measure(mut cmd: Command, marker: Option<&str>, timeout: Duration) -> Res
         }
     }
     let to_exit = start.elapsed();
-    done.store(true, Ordering::Release);
+    // Finished before the child is reaped: the kill must not outlive it.
+    let timed_out = watchdog.finish();
     let mut status: libc::c_int = 0;
     // SAFETY: reaping our own child with a valid out-pointer.
     let r = unsafe { libc::waitpid(pid, &mut status, 0) };
     if r < 0 {
         return Err(Error::Wait(what, std::io::Error::last_os_error()));
     }
-    let timed_out = watchdog.join().unwrap_or(false);
     let to_marker = reader.and_then(|r| r.join().ok()).flatten();
     let status = if libc::WIFEXITED(status) {
         libc::WEXITSTATUS(status)
