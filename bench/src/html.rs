@@ -6,7 +6,7 @@
 
 use std::fmt::Write;
 
-use crate::report::{markdown, summaries};
+use crate::report::{markdown, peak_rss_p50, summaries};
 use crate::results::Results;
 use crate::runner::SubjectResult;
 use crate::svg::{bars, bars_on, esc, Axis, Bar};
@@ -110,6 +110,31 @@ fn startup_chart(scenario: &str, title: &str, subjects: &[SubjectResult]) -> Str
     bars_on(scenario, title, unit, &b, None, axis)
 }
 
+/// Each subject's median peak RSS from its traced runs, if any has them.
+fn peak_rss_chart(subjects: &[SubjectResult]) -> Option<String> {
+    let b: Vec<Bar> = subjects
+        .iter()
+        .filter_map(|r| {
+            let kib = peak_rss_p50(r)?;
+            Some(Bar {
+                label: r.name.clone(),
+                value: kib / 1024.0,
+                whisker: None,
+                note: format!("{:.1} MiB", kib / 1024.0),
+            })
+        })
+        .collect();
+    (!b.is_empty()).then(|| {
+        bars(
+            "floor-rss",
+            "Null guest, the monitor's own peak RSS",
+            "MiB, median of traced runs",
+            &b,
+            None,
+        )
+    })
+}
+
 /// The whole page.
 pub fn page(r: &Results) -> String {
     let md = markdown(r);
@@ -123,10 +148,13 @@ pub fn page(r: &Results) -> String {
                 .startup
                 .as_ref()
                 .map(|s| startup_chart("startup", "Start to exit of /bin/true", &s.subjects)),
-            "Monitor floor" => r
-                .floor
-                .as_ref()
-                .map(|s| startup_chart("floor", "Null guest, start to exit", &s.subjects)),
+            "Monitor floor" => r.floor.as_ref().map(|s| {
+                let mut c = startup_chart("floor", "Null guest, start to exit", &s.subjects);
+                if let Some(rss) = peak_rss_chart(&s.subjects) {
+                    c.push_str(&rss);
+                }
+                c
+            }),
             "Memory" => r.memory.as_ref().map(|m| {
                 let b: Vec<Bar> = m
                     .idle
@@ -277,6 +305,8 @@ mod tests {
     fn the_page_parses_and_has_one_chart_per_scenario() -> Result<(), Box<dyn std::error::Error>> {
         let host = serde_json::json!({"kernel": "6.18", "boot_id": "a", "pids_visible": [1, 2, 3, 4, 5], "hostname": "h <&>"});
         let boxed = serde_json::json!({"kernel": "6.18", "boot_id": "a", "pids_visible": [1], "hostname": "box"});
+        let mut floor = startup(&["twinbox-vmm", "qemu-microvm"]);
+        floor.subjects[0].peak_rss_kib = vec![3072, 3400, 3500];
         let r = Results {
             machine: Machine {
                 host: "h".into(),
@@ -291,7 +321,7 @@ mod tests {
             versions: vec![("crun".into(), "1.8.1".into())],
             notes: vec!["a note with `code` & <angle>".into()],
             startup: Some(startup(&["native", "twinbox-container"])),
-            floor: Some(startup(&["twinbox-vmm"])),
+            floor: Some(floor),
             memory: Some(Memory {
                 idle: vec![IdleResult {
                     name: "twinbox-container".into(),
@@ -342,8 +372,22 @@ mod tests {
             .collect();
         assert_eq!(
             charts,
-            vec!["startup", "floor", "memory", "isolation", "speed"]
+            vec![
+                "startup",
+                "floor",
+                "floor-rss",
+                "memory",
+                "isolation",
+                "speed"
+            ]
         );
+        // Only subjects with traced runs get a peak-RSS bar.
+        assert!(html.contains("3.3 MiB"), "median of the traced runs");
+        let mut plain = r.clone();
+        if let Some(f) = plain.floor.as_mut() {
+            f.subjects[0].peak_rss_kib.clear();
+        }
+        assert!(!page(&plain).contains("floor-rss"));
         // The matrix is colored and explained.
         assert!(doc
             .descendants()
