@@ -22,6 +22,7 @@ use serde_json::json;
 use twinbox_bench::{Idle, Subject};
 use twinbox_container::{caps, mounts, seccomp};
 
+use super::first_line;
 use crate::host::on_path;
 
 /// The limits every box gets in the benchmark.
@@ -30,14 +31,6 @@ pub const MEMORY: u64 = 256 << 20;
 pub const PIDS: u64 = 1024;
 /// CPUs.
 pub const CPUS: f64 = 1.0;
-
-fn first_line(cmd: &mut Command) -> Option<String> {
-    let out = cmd.output().ok()?;
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .next()
-        .map(str::to_string)
-}
 
 /// The workload run directly (the process-start floor), and the probe run
 /// on the host (the reference every box is compared with).

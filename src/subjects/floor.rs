@@ -11,6 +11,7 @@ use twinbox_bench::{Idle, Subject};
 use twinbox_vmm::hypervisor::{self, Kind};
 use twinbox_vmm::null_guest::MARKER;
 
+use super::first_line;
 use crate::host::on_path;
 
 /// twinbox's own VMM (`twinbox vmm boot`).
@@ -105,14 +106,7 @@ impl Subject for QemuMicrovm {
         })
     }
     fn version(&self) -> Option<String> {
-        let out = Command::new(self.qemu.as_deref()?)
-            .arg("--version")
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .next()
-            .map(str::to_string)
+        first_line(Command::new(self.qemu.as_deref()?).arg("--version"))
     }
     fn marker(&self) -> Option<String> {
         Some(MARKER.into())
@@ -234,14 +228,7 @@ impl Subject for Firecracker {
         })
     }
     fn version(&self) -> Option<String> {
-        let out = Command::new(self.exe.as_deref()?)
-            .arg("--version")
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .map(str::to_string)
+        first_line(Command::new(self.exe.as_deref()?).arg("--version"))
     }
 }
 

@@ -13,3 +13,12 @@ pub fn probe_argv<'a>(args: &[&'a str]) -> Vec<&'a str> {
     argv.extend_from_slice(args);
     argv
 }
+
+/// The first line a command prints (a `--version`, for the report).
+pub fn first_line(cmd: &mut std::process::Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .map(str::to_string)
+}
