@@ -23,7 +23,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
-use crate::arch::{boot_params, cpuid, layout, mptable, regs};
+use crate::arch::{boot_params, cpuid, layout, mptable, pmu, regs};
 use crate::config::{self, Irqchip, VmConfig};
 use crate::devices::ports::Mark;
 use crate::devices::{ioapic, serial::Console, Devices};
@@ -218,6 +218,8 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
         false => Some(loader::initrd(&mem, &config.initrd, low_end, loaded.end)?),
     };
     let kind = hypervisor::detect_kind();
+    pmu::filter_absent_pmu(&kvm, &vm, kind == hypervisor::Kind::Amd)
+        .map_err(|e| Error::Kvm("KVM_X86_SET_MSR_FILTER", e))?;
     let cmdline = match (config.cmdline.is_empty(), kind.guest_cmdline()) {
         (_, "") => config.cmdline.clone(),
         (true, extra) => extra.to_string(),

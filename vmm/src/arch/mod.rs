@@ -8,4 +8,5 @@ pub mod cpuid;
 pub mod layout;
 pub mod mptable;
 pub mod msr;
+pub mod pmu;
 pub mod regs;
