@@ -61,7 +61,7 @@ pub fn run(store: &Store) -> bool {
                 None,
             );
             let v = if matches!(p.kind, hypervisor::Kind::Pvm { .. }) { Verdict::Warn } else { Verdict::Ok };
-            let note = if matches!(p.kind, hypervisor::Kind::Pvm { .. }) {
+            let mut note = if matches!(p.kind, hypervisor::Kind::Pvm { .. }) {
                 format!(
                     " -- Linux guests run here, but a boot takes {} (README)",
                     crate::subjects::vm::PVM_BOOT
@@ -69,6 +69,11 @@ pub fn run(store: &Store) -> bool {
             } else {
                 String::new()
             };
+            note.push_str(if hypervisor::host_is_virtual() {
+                "; nested: this host is itself a virtual machine (CPUID hypervisor bit)"
+            } else {
+                "; not nested (bare metal)"
+            });
             r.line(v, "hypervisor", &format!("{}{note}", p.kind), None);
         }
         Err(e) => r.line(

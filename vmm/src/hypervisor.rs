@@ -121,6 +121,21 @@ fn detect_kind_in(modules: &Path) -> Kind {
     }
 }
 
+/// Whether this host is itself a virtual machine (the CPUID "hypervisor"
+/// bit, leaf 1 ECX bit 31, as `/proc/cpuinfo` shows it), so that a guest
+/// of ours is nested under two hypervisors.
+pub fn host_is_virtual() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo").is_ok_and(|c| has_hypervisor_flag(&c))
+}
+
+fn has_hypervisor_flag(cpuinfo: &str) -> bool {
+    cpuinfo
+        .lines()
+        .filter_map(|l| l.strip_prefix("flags"))
+        .filter_map(|l| l.split_once(':'))
+        .any(|(_, flags)| flags.split_whitespace().any(|f| f == "hypervisor"))
+}
+
 /// Errors of probing KVM.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -174,6 +189,18 @@ pub fn probe() -> Result<Probe, Error> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_hypervisor_flag_is_read_from_cpuinfo() {
+        assert!(has_hypervisor_flag(
+            "processor\t: 0\nflags\t\t: fpu vme hypervisor lahf_lm\n"
+        ));
+        assert!(!has_hypervisor_flag(
+            "flags\t\t: fpu vme svm npt\nbugs\t\t: hypervisor_like\n"
+        ));
+        assert!(!has_hypervisor_flag(""));
+    }
+
     use super::*;
 
     #[test]
