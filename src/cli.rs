@@ -36,6 +36,54 @@ pub enum Command {
     /// and workload speed, with the anchors found on this machine; writes
     /// results.json, report.md and report.html.
     Bench(BenchArgs),
+    /// Run twinbox on hardware KVM nested under QEMU's software CPU: an
+    /// outer machine with AMD SVM whose `kvm_amd` is the hardware path.
+    #[command(subcommand)]
+    Nested(NestedCommand),
+}
+
+/// `twinbox nested ...`
+#[derive(Debug, Subcommand)]
+pub enum NestedCommand {
+    /// Build (or find in the cache) the outer machine and print its record.
+    Build,
+    /// Boot the outer machine, run commands in it one after another, and
+    /// print what each did (exit code, output, seconds). Exits 0 when every
+    /// step exited 0, else 1.
+    Run(NestedRunArgs),
+    /// The outer machine's init (PID 1 only; it powers off at the end).
+    #[command(hide = true)]
+    Agent,
+}
+
+/// `twinbox nested run`
+#[derive(Debug, Args)]
+pub struct NestedRunArgs {
+    /// A plan (JSON: put, env, steps, fetch; see docs/ARCHITECTURE.md);
+    /// the trailing command, if any, runs after its steps.
+    #[arg(long, value_name = "FILE")]
+    pub plan: Option<PathBuf>,
+    /// Carry a host file or directory in, at its own path or at GUEST.
+    #[arg(long, value_name = "HOST[:GUEST]")]
+    pub put: Vec<String>,
+    /// Environment for every step.
+    #[arg(short, long, value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// The outer machine's vCPUs.
+    #[arg(long, default_value_t = 2)]
+    pub smp: u32,
+    /// The outer machine's memory.
+    #[arg(short, long, default_value = "6g", value_name = "SIZE")]
+    pub memory: String,
+    /// Kill the outer machine after this long.
+    #[arg(long, default_value = "20m", value_name = "DURATION")]
+    pub timeout: String,
+    /// Print the whole report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// A command to run (after the plan's steps).
+    #[arg(trailing_var_arg = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }
 
 /// The scenarios of `twinbox bench`.
@@ -132,6 +180,11 @@ pub struct BootBenchArgs {
     /// which runs where qemu-system-x86_64 is installed.
     #[arg(long)]
     pub no_qemu: bool,
+    /// Leave out the same runs on hardware KVM nested under QEMU's TCG
+    /// (`twinbox nested`: AMD SVM in an outer machine), which run where
+    /// qemu-system-x86_64 is installed.
+    #[arg(long)]
+    pub no_nested: bool,
 }
 
 /// The container launchers side by side: see `twinbox bench container`.

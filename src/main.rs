@@ -7,6 +7,7 @@ mod backends;
 mod cli;
 mod commands;
 mod host;
+mod nested;
 mod size;
 mod subjects;
 mod workload;
@@ -52,5 +53,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Kernel(cmd) => commands::kernel::run(cmd).map(|()| 0),
         Command::Vmm(cmd) => commands::vmm::run(cmd),
         Command::Bench(args) => commands::bench::run(args).map(|()| 0),
+        Command::Nested(cmd) => commands::nested::run(cmd),
     }
 }

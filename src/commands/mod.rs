@@ -7,6 +7,7 @@ pub mod bench_full;
 pub mod doctor;
 pub mod image;
 pub mod kernel;
+pub mod nested;
 pub mod run;
 pub mod vmm;
 
