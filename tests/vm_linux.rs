@@ -3,20 +3,70 @@
 //! builds it) and static init. Slow on a PVM host (a boot takes about
 //! 25 s there), so the checks share as few boots as possible.
 //!
+//! The same test bodies run on two hypervisors: on this host's `/dev/kvm`
+//! (PVM here), and on hardware KVM (AMD SVM) inside an outer machine under
+//! QEMU's software CPU: `every_vm_test_passes_under_nested_svm_too` carries
+//! this very test binary into `twinbox nested run` and runs it there with
+//! `TWINBOX_TEST_HYPERVISOR=nested-svm`, which [`Where`] reads.
+//!
 //! Skipped, with a message, only where the host has no /dev/kvm.
 
 mod common;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{code, stderr, stdout, Env};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-/// The guest kernel the recipe built, from `twinbox kernel show` against
-/// the real cache.
+/// Where these tests run, as the nested harness says (and `doctor` checks).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Where {
+    /// This host's own `/dev/kvm`.
+    Host,
+    /// Inside the outer machine, on its `kvm_amd`.
+    NestedSvm,
+}
+
+/// The variable the nested run sets for this binary inside the machine.
+const WHERE_VAR: &str = "TWINBOX_TEST_HYPERVISOR";
+/// Where the nested run carries the host's store (with busybox:latest).
+const STORE_VAR: &str = "TWINBOX_TEST_STORE";
+
+impl Where {
+    fn here() -> Self {
+        match std::env::var(WHERE_VAR).as_deref() {
+            Ok("nested-svm") => Self::NestedSvm,
+            _ => Self::Host,
+        }
+    }
+    /// The vCPU count of the multi-vCPU test: nested SVM is not bounded by
+    /// this host's two cores.
+    fn many_cpus(self) -> u32 {
+        match self {
+            Self::Host => 2,
+            Self::NestedSvm => 4,
+        }
+    }
+}
+
+/// The boot parameters the VMM adds on PVM only (vmm/src/hypervisor.rs).
+const PVM_ONLY_ARGS: [&str; 5] = [
+    "twinbox_pvm_syscall",
+    "twinbox_no_fwait",
+    "noxsave",
+    "no_int3_selftest",
+    "clearcpuid=",
+];
+
+/// The guest kernel: `$TWINBOX_KERNEL` where the nested run set it, else
+/// the one the recipe built, from `twinbox kernel show` against the real
+/// cache.
 fn kernel() -> Result<PathBuf, Box<dyn std::error::Error>> {
+    if let Some(k) = std::env::var_os("TWINBOX_KERNEL") {
+        return Ok(PathBuf::from(k));
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_twinbox"))
         .args(["kernel", "show"])
         .output()?;
@@ -48,8 +98,18 @@ fn setup() -> Result<Option<(PathBuf, Env)>, Box<dyn std::error::Error>> {
     }
     let kernel = kernel()?;
     let env = Env::new();
-    let out = env.run(&["image", "build-base"]);
-    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    match (Where::here(), std::env::var_os(STORE_VAR)) {
+        // No apt in the outer machine: the host's store came along.
+        (Where::NestedSvm, Some(store)) => common::copy_tree(
+            &Path::new(&store).join("images"),
+            &env.home().join("images"),
+        )?,
+        (Where::NestedSvm, None) => return Err(format!("{WHERE_VAR} without {STORE_VAR}").into()),
+        (Where::Host, _) => {
+            let out = env.run(&["image", "build-base"]);
+            assert_eq!(code(&out), 0, "{}", stderr(&out));
+        }
+    }
     Ok(Some((kernel, env)))
 }
 
@@ -72,7 +132,8 @@ fn a_linux_workload_runs_and_its_status_output_and_memory_come_back() -> TestRes
             "sh",
             "-c",
             "echo \"$GREETING\"; nproc; grep MemTotal /proc/meminfo; echo host=$(hostname) pid=$$; \
-             grep ' / ' /proc/mounts; echo twinbox-written-by-the-guest > /etc/marker && cat /etc/marker; exit 7",
+             grep ' / ' /proc/mounts; echo twinbox-written-by-the-guest > /etc/marker && cat /etc/marker; \
+             echo cmdline=$(cat /proc/cmdline); exit 7",
         ],
     )?;
     let text = stdout(&out);
@@ -115,6 +176,23 @@ fn a_linux_workload_runs_and_its_status_output_and_memory_come_back() -> TestRes
         !bytes.windows(marker.len()).any(|w| w == marker),
         "the guest's write reached the cached disk image"
     );
+    // The PVM-only boot parameters are there on PVM and nowhere else.
+    let cmdline = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("cmdline="))
+        .ok_or("no cmdline= line")?;
+    let on_pvm = std::fs::read_dir("/sys/module/kvm_pvm").is_ok();
+    for arg in PVM_ONLY_ARGS {
+        assert_eq!(
+            cmdline.contains(arg),
+            on_pvm,
+            "{arg} on the guest's command line with PVM {on_pvm} ({:?}): {cmdline}",
+            Where::here()
+        );
+    }
+    if Where::here() == Where::NestedSvm {
+        assert!(!on_pvm, "the nested machine has kvm_pvm loaded");
+    }
     Ok(())
 }
 
@@ -148,16 +226,18 @@ fn a_missing_command_gives_127_and_a_timeout_kills_the_guest() -> TestResult {
 }
 
 #[test]
-fn two_vcpus_give_the_guest_two_cpus() -> TestResult {
+fn several_vcpus_give_the_guest_as_many_cpus() -> TestResult {
     let Some((kernel, env)) = setup()? else {
         return Ok(());
     };
+    let n = Where::here().many_cpus();
+    let cpus = n.to_string();
     let out = vm(
         &env,
         &kernel,
         &[
             "--cpus",
-            "2",
+            &cpus,
             "--timeout",
             "400s",
             "busybox",
@@ -167,7 +247,7 @@ fn two_vcpus_give_the_guest_two_cpus() -> TestResult {
         ],
     )?;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
-    assert_eq!(stdout(&out), "2\n0-1\n");
+    assert_eq!(stdout(&out), format!("{n}\n0-{}\n", n - 1));
     Ok(())
 }
 
@@ -334,5 +414,174 @@ fn the_kernel_runs_a_workload_on_plain_x86_without_the_pvm_parameters() -> TestR
     let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
     assert!(lines.contains(&"hello from plain x86"), "{text}");
     assert!(lines.contains(&"1"), "nproc: {text}");
+    Ok(())
+}
+
+/// A test binary built beside this one (`cargo test` builds them all
+/// before it runs any): the newest `deps/NAME-<hash>` executable.
+fn sibling_test_binary(name: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    use std::os::unix::fs::PermissionsExt;
+    let me = std::env::current_exe()?;
+    let deps = me.parent().ok_or("no deps dir")?;
+    let prefix = format!("{name}-");
+    let mut found: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(deps)?
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.starts_with(&prefix) && !n.contains('.')
+        })
+        .filter_map(|e| {
+            let m = e.metadata().ok()?;
+            (m.is_file() && m.permissions().mode() & 0o111 != 0)
+                .then(|| Some((m.modified().ok()?, e.path())))?
+        })
+        .collect();
+    found.sort();
+    Ok(found
+        .pop()
+        .ok_or(format!(
+            "no {name} test binary beside {}: run `cargo test --workspace`",
+            me.display()
+        ))?
+        .1)
+}
+
+/// The `name: test` lines of `binary --list`, less the `skip`ped ones.
+fn listed_tests(binary: &Path, skip: &[&str]) -> Result<usize, Box<dyn std::error::Error>> {
+    let out = Command::new(binary).args(["--list"]).output()?;
+    assert_eq!(
+        code(&out),
+        0,
+        "{} --list: {}",
+        binary.display(),
+        stderr(&out)
+    );
+    Ok(stdout(&out)
+        .lines()
+        .filter_map(|l| l.strip_suffix(": test"))
+        .filter(|n| !skip.contains(n))
+        .count())
+}
+
+/// "test result: ok. N passed; 0 failed" with N == `want`.
+fn assert_all_passed(what: &str, step: &serde_json::Value, want: usize) {
+    let out = step["stdout"].as_str().unwrap_or_default();
+    let err = step["stderr"].as_str().unwrap_or_default();
+    assert_eq!(
+        step["code"].as_i64(),
+        Some(0),
+        "{what} under nested SVM: {}\nstdout:\n{out}\nstderr:\n{err}",
+        step
+    );
+    let summary = format!("test result: ok. {want} passed; 0 failed");
+    assert!(
+        out.contains(&summary),
+        "{what} under nested SVM: no '{summary}' in:\n{out}"
+    );
+}
+
+/// This binary's tests again, and the VMM's null-guest tests, on hardware
+/// KVM: AMD SVM in an outer machine under QEMU's TCG (`twinbox nested
+/// run`). Not skipped where QEMU or the machine's packages are missing: it
+/// fails and says why, so CI cannot pass without the hardware path.
+#[test]
+fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
+    if Where::here() == Where::NestedSvm {
+        return Ok(()); // This is the run it starts.
+    }
+    const ME: &str = "every_vm_test_passes_under_nested_svm_too";
+    // Not a KVM test, and the outer machine has no QEMU.
+    const PLAIN_X86: &str = "the_kernel_runs_a_workload_on_plain_x86_without_the_pvm_parameters";
+    let me = std::env::current_exe()?;
+    let null_guest = sibling_test_binary("null_guest")?;
+    let want_here = listed_tests(&me, &[ME, PLAIN_X86])?;
+    let want_null = listed_tests(&null_guest, &[])?;
+    assert!(
+        want_here >= 4 && want_null >= 5,
+        "{want_here} / {want_null} tests listed"
+    );
+
+    let vmlinux = kernel()?;
+    let kernel_dir = vmlinux.parent().ok_or("kernel without a dir")?;
+    let twinbox = PathBuf::from(env!("CARGO_BIN_EXE_twinbox"));
+    let static_init = twinbox
+        .parent()
+        .ok_or("no target dir")?
+        .join("../x86_64-unknown-linux-gnu/release/twinbox-init")
+        .canonicalize()
+        .map_err(|e| format!("no static twinbox-init (run scripts/bootstrap): {e}"))?;
+    let env = Env::new();
+    let built = env.run(&["image", "build-base"]);
+    assert_eq!(code(&built), 0, "{}", stderr(&built));
+
+    let plan = serde_json::json!({
+        "put": [
+            {"host": me}, {"host": null_guest}, {"host": twinbox}, {"host": static_init},
+            {"host": kernel_dir.join("vmlinux")}, {"host": kernel_dir.join("config")},
+            {"host": kernel_dir.join("build.json")},
+            {"host": env.home().join("images")},
+        ],
+        "env": [
+            [WHERE_VAR, "nested-svm"],
+            [STORE_VAR, env.home()],
+            ["TWINBOX_KERNEL", vmlinux],
+            ["RUST_BACKTRACE", "1"],
+        ],
+        "steps": [
+            {"argv": [twinbox, "doctor"], "timeout_s": 60},
+            {"argv": [me, "--test-threads", "2", "--skip", ME, "--skip", PLAIN_X86], "timeout_s": 300},
+            {"argv": [null_guest, "--test-threads", "2"], "timeout_s": 120},
+        ],
+    });
+    let plan_file = env.path().join("plan.json");
+    std::fs::write(&plan_file, serde_json::to_vec_pretty(&plan)?)?;
+    let t = std::time::Instant::now();
+    let out = Command::new(&twinbox)
+        .args([
+            "nested",
+            "run",
+            "--json",
+            "--smp",
+            "4",
+            "-m",
+            "10g",
+            "--timeout",
+            "10m",
+            "--plan",
+        ])
+        .arg(&plan_file)
+        .output()?;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(|e| {
+        format!(
+            "twinbox nested run gave no report ({e}), exit {}:\n{}",
+            code(&out),
+            stderr(&out)
+        )
+    })?;
+    let steps = report["steps"].as_array().ok_or("no steps")?;
+    assert_eq!(steps.len(), 3, "{report}");
+    let doctor = steps[0]["stdout"].as_str().unwrap_or_default();
+    assert!(
+        doctor.contains("hardware KVM (AMD-V)") && doctor.contains("nested"),
+        "doctor under nested SVM:\n{doctor}"
+    );
+    assert_all_passed("tests/vm_linux.rs", &steps[1], want_here);
+    assert_all_passed("vmm/tests/null_guest.rs", &steps[2], want_null);
+    let log = report["kernel_log"].as_str().unwrap_or_default();
+    assert!(
+        !log.contains("Unhandled WRMSR"),
+        "the guest touched an MSR KVM does not handle:\n{log}"
+    );
+    eprintln!(
+        "nested SVM: outer kernel up at {:.1} s, KVM modules {:.1} s, doctor {:.1} s, vm_linux {:.1} s, null_guest {:.1} s; QEMU {:.1} s; payload {:.1} s; whole test {:.1} s",
+        report["kernel_boot_s"].as_f64().unwrap_or(-1.0),
+        report["modules_s"].as_f64().unwrap_or(-1.0),
+        steps[0]["seconds"].as_f64().unwrap_or(-1.0),
+        steps[1]["seconds"].as_f64().unwrap_or(-1.0),
+        steps[2]["seconds"].as_f64().unwrap_or(-1.0),
+        report["wall_s"].as_f64().unwrap_or(-1.0),
+        report["payload_s"].as_f64().unwrap_or(-1.0),
+        t.elapsed().as_secs_f64(),
+    );
     Ok(())
 }

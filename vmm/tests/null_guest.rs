@@ -196,10 +196,13 @@ fn a_guest_that_never_stops_is_killed_at_the_timeout() -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut c = config(guest(dir.path(), "spin", Program::Spin)?);
     c.vcpus = 2;
-    c.timeout = Some(Duration::from_millis(300));
+    // Long enough for the guest to print its marker first, even nested
+    // under QEMU's software CPU with other VMs running (300 ms was not).
+    let timeout = Duration::from_millis(1500);
+    c.timeout = Some(timeout);
     let start = std::time::Instant::now();
     let o = vm::run(&c, Box::new(std::io::sink()))?;
-    assert_eq!(o.reason, StopReason::TimedOut(Duration::from_millis(300)));
+    assert_eq!(o.reason, StopReason::TimedOut(timeout));
     assert!(
         start.elapsed() < Duration::from_secs(10),
         "took {:?}",
