@@ -225,6 +225,12 @@ pub fn cached_debian() -> Option<Kernel> {
     found.into_iter().rev().find_map(Kernel::load)
 }
 
+/// The cached kernel whose image is the file `path` (its directory holds
+/// the build record), e.g. what `$TWINBOX_KERNEL` names.
+pub fn at(path: &Path) -> Option<Kernel> {
+    Kernel::load(path.parent()?.to_path_buf())
+}
+
 /// The kernel a VM should boot: ours if built, else the Debian fallback.
 pub fn find() -> Option<Kernel> {
     Source::find()

@@ -7,7 +7,12 @@
 //! TCG: a whole x86 in software, no KVM, so no PVM-only boot parameter.
 //! On a PVM host that row says how much of the boot is the kernel's own
 //! work and how much the hypervisor's way of running it; QEMU gives no
-//! boot-timer marks, so its row has the total only.
+//! boot-timer marks, so its row has the total only. Last, the same runs
+//! on hardware KVM: this command again, inside the outer machine of
+//! `twinbox nested` (AMD SVM under QEMU's TCG), with the boot-timer
+//! phases; those rows are not hardware timings (the outer machine is
+//! emulated too) but show where the boot's time goes when the guest
+//! kernel's code is not emulated one instruction at a time.
 
 use std::process::{Command, Stdio};
 use std::time::Instant;
@@ -87,7 +92,7 @@ fn qemu_command(
 }
 
 /// One run's figures, in milliseconds.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Run {
     root: String,
     wall_ms: f64,
@@ -119,10 +124,104 @@ fn p50(v: impl Iterator<Item = f64>) -> String {
     stats::summarize(&v).map_or("-".into(), |s| format!("{:.0}", s.p50))
 }
 
+/// Where the nested run writes its runs, in the outer machine.
+const NESTED_JSON: &str = "/tmp/twinbox-bench-boot.json";
+
+/// The same runs on hardware KVM: this command inside the outer machine
+/// of `twinbox nested`, with the kernel, init and image carried in; its
+/// rows are named `nested-svm (<root>)`.
+fn nested_runs(
+    args: &BootBenchArgs,
+    kernel_path: &std::path::Path,
+    roots: &[&str],
+) -> Result<(Vec<Run>, crate::nested::Report)> {
+    use crate::nested::{outer, Plan, Put, Step};
+    let home = twinbox_images::store::Store::default_home();
+    let store = twinbox_images::store::Store::open(&home)?;
+    let img = store.get(&twinbox_images::reference::Reference::parse(&args.image)?)?;
+    let init = crate::host::find_static("twinbox-init", "TWINBOX_INIT")?;
+    let kdir = kernel_path
+        .parent()
+        .context("the kernel has no directory")?;
+    let mut put = vec![kernel_path.to_path_buf(), img.dir.clone(), init.clone()];
+    put.extend(
+        ["config", "build.json"]
+            .iter()
+            .map(|f| kdir.join(f))
+            .filter(|p| p.is_file()),
+    );
+    let root = if roots.len() > 1 { "both" } else { roots[0] };
+    let runs = args.runs.to_string();
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let plan = Plan {
+        put: put
+            .into_iter()
+            .map(|host| Put { host, guest: None })
+            .collect(),
+        env: vec![
+            ("TWINBOX_KERNEL".into(), path(kernel_path)),
+            ("TWINBOX_HOME".into(), path(&home)),
+            ("TWINBOX_INIT".into(), path(&init)),
+        ],
+        steps: vec![Step::new([
+            crate::nested::payload::AGENT_PATH,
+            "bench",
+            "boot",
+            "--runs",
+            &runs,
+            "--root",
+            root,
+            "-m",
+            &args.memory,
+            "--image",
+            &args.image,
+            "--no-qemu",
+            "--no-nested",
+            "--json",
+            NESTED_JSON,
+        ])],
+        fetch: vec![NESTED_JSON.into()],
+        modules: Vec::new(),
+    };
+    let report = outer::run(&plan, &outer::Options::default(), &|_| {})?;
+    let step = report
+        .steps
+        .first()
+        .context("the nested run reported no step")?;
+    if step.code != Some(0) {
+        bail!(
+            "twinbox bench boot under nested SVM failed ({:?}): {}",
+            step.code,
+            step.stderr.trim()
+        );
+    }
+    let json = report
+        .files
+        .iter()
+        .find(|(p, _)| p == NESTED_JSON)
+        .map(|(_, d)| d.as_str())
+        .context("the nested run brought back no runs")?;
+    let mut runs: Vec<Run> =
+        serde_json::from_str(json).context("the nested run's runs do not parse")?;
+    for r in &mut runs {
+        r.root = format!("nested-svm ({})", r.root);
+    }
+    Ok((runs, report))
+}
+
 /// Runs `twinbox bench boot`.
 pub fn run(args: BootBenchArgs) -> Result<()> {
-    let kernel =
-        twinbox_images::kernel::find().context("no guest kernel: run `twinbox kernel build`")?;
+    let kernel = match std::env::var_os("TWINBOX_KERNEL") {
+        Some(p) => twinbox_images::kernel::at(std::path::Path::new(&p)).with_context(|| {
+            format!(
+                "TWINBOX_KERNEL={}: no build record beside it",
+                std::path::Path::new(&p).display()
+            )
+        })?,
+        None => {
+            twinbox_images::kernel::find().context("no guest kernel: run `twinbox kernel build`")?
+        }
+    };
     let kernel_path = kernel.vmlinux().unwrap_or_else(|| kernel.bzimage());
     let roots: Vec<&str> = match (args.root.as_str(), has_pmem_root(&kernel_path)) {
         ("both", true) => vec!["pmem", "initramfs"],
@@ -221,6 +320,21 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
         }
     }
     pb.finish_and_clear();
+    let nested = match (args.no_nested, std::path::Path::new(QEMU).exists()) {
+        (false, true) => {
+            let spin = super::spinner("bench boot");
+            spin.set_message(format!(
+                "the same {} run(s) per root on nested SVM (an outer machine under QEMU TCG)",
+                args.runs
+            ));
+            let got = nested_runs(&args, &kernel_path, &roots);
+            spin.finish_and_clear();
+            let (mut n, report) = got.context("the nested SVM runs")?;
+            runs.append(&mut n);
+            Some(report)
+        }
+        _ => None,
+    };
 
     println!(
         "Linux guest boot: `twinbox run --isolation vm -m {} --cpus 1 {} /bin/true`, {} runs per root, alternating; kernel {} ({}), hypervisor: {}. Milliseconds, medians; phases from the boot-timer marks init writes.\n",
@@ -233,9 +347,12 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
     );
     println!("| root | runs | VMM setup | kernel (to init) | init (to workload) | workload + power-off | start to exit | wall (whole command) |");
     println!("|---|---|---|---|---|---|---|---|");
-    let mut rows: Vec<&str> = roots.clone();
+    let mut rows: Vec<String> = roots.iter().map(|r| r.to_string()).collect();
     if qemu.is_some() {
-        rows.push(QEMU_ROW);
+        rows.push(QEMU_ROW.into());
+    }
+    if nested.is_some() {
+        rows.extend(roots.iter().map(|r| format!("nested-svm ({r})")));
     }
     for root in &rows {
         let mine: Vec<&Run> = runs.iter().filter(|r| r.root == *root).collect();
@@ -265,6 +382,15 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
                 ours / q
             );
         }
+    }
+    if let Some(r) = &nested {
+        println!(
+            "\nnested-svm rows: the same runs on hardware KVM (kvm_amd) inside an outer machine that QEMU's TCG emulates with AMD SVM and nested paging (`twinbox nested`; outer kernel {}, up in {:.1} s, KVM modules loaded in {:.1} s, QEMU ran {:.1} s in all). Everything there is emulated, so these are not hardware-KVM timings; they show where a boot's time goes when the guest kernel's code is not emulated one instruction at a time, as PVM does.",
+            r.machine.as_ref().map_or("?", |m| m.kernel.as_str()),
+            r.kernel_boot_s,
+            r.modules_s,
+            r.wall_s,
+        );
     }
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_vec_pretty(&runs)?)
