@@ -48,7 +48,8 @@ pub enum NestedCommand {
     /// Build (or find in the cache) the outer machine and print its record.
     Build,
     /// Boot the outer machine, run commands in it one after another, and
-    /// print what each did (exit code, output, seconds). Exits 0 when every
+    /// print what each did (exit code, output, seconds). Exits with the
+    /// command's code when there is one step; with several, 0 when every
     /// step exited 0, else 1.
     Run(NestedRunArgs),
     /// The outer machine's init (PID 1 only; it powers off at the end).

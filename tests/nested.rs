@@ -43,7 +43,8 @@ fn each_step_brings_back_its_code_output_and_time() -> TestResult {
         .args(["nested", "run", "--json", "--timeout", "5m", "--plan"])
         .arg(&plan_file)
         .output()?;
-    // Steps failed, so twinbox says 1; the report is there all the same.
+    // Several steps and some failed, so twinbox says 1; the report is
+    // there all the same.
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let steps = r["steps"].as_array().ok_or("no steps")?;
@@ -146,5 +147,27 @@ fn a_killed_run_leaves_no_qemu_and_no_file() -> TestResult {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
+    Ok(())
+}
+
+#[test]
+fn one_command_gives_its_own_exit_code_and_output() -> TestResult {
+    let out = twinbox()
+        .args([
+            "nested",
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "echo from the outer machine; exit 7",
+        ])
+        .output()?;
+    assert_eq!(code(&out), 7, "{}", stderr(&out));
+    assert_eq!(common::stdout(&out), "from the outer machine\n");
+    assert!(
+        stderr(&out).contains("hardware KVM (AMD-V)"),
+        "{}",
+        stderr(&out)
+    );
     Ok(())
 }

@@ -91,7 +91,22 @@ fn run_plan(args: &NestedRunArgs) -> Result<u8> {
     } else {
         print_report(&report);
     }
-    Ok(u8::from(report.first_failure().is_some()))
+    Ok(exit_code(&report))
+}
+
+/// One step: its own code, as `docker run` gives (128+N for signal N, 125
+/// when it could not run or was killed at its timeout). Several: 0 when
+/// every one exited 0, else 1.
+fn exit_code(r: &nested::Report) -> u8 {
+    match r.steps.as_slice() {
+        [s] => match (s.code, s.signal, s.timed_out || s.error.is_some()) {
+            (_, _, true) => 125,
+            (Some(c), _, _) => u8::try_from(c).unwrap_or(125),
+            (None, Some(sig), _) => u8::try_from(128 + sig).unwrap_or(125),
+            _ => 125,
+        },
+        _ => u8::from(r.first_failure().is_some()),
+    }
 }
 
 fn print_report(r: &nested::Report) {
