@@ -480,7 +480,7 @@ fn assert_all_passed(what: &str, step: &serde_json::Value, want: usize) {
     );
 }
 
-/// This binary's tests again, and the VMM's null-guest tests, on hardware
+/// This binary's tests again, and the VMM's null-guest and snapshot tests, on hardware
 /// KVM: AMD SVM in an outer machine under QEMU's TCG (`twinbox nested
 /// run`). Not skipped where QEMU or the machine's packages are missing: it
 /// fails and says why, so CI cannot pass without the hardware path.
@@ -494,11 +494,13 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
     const PLAIN_X86: &str = "the_kernel_runs_a_workload_on_plain_x86_without_the_pvm_parameters";
     let me = std::env::current_exe()?;
     let null_guest = sibling_test_binary("null_guest")?;
+    let snapshot = sibling_test_binary("snapshot")?;
     let want_here = listed_tests(&me, &[ME, PLAIN_X86])?;
     let want_null = listed_tests(&null_guest, &[])?;
+    let want_snapshot = listed_tests(&snapshot, &[])?;
     assert!(
-        want_here >= 4 && want_null >= 5,
-        "{want_here} / {want_null} tests listed"
+        want_here >= 4 && want_null >= 5 && want_snapshot >= 1,
+        "{want_here} / {want_null} / {want_snapshot} tests listed"
     );
 
     let vmlinux = kernel()?;
@@ -516,7 +518,7 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
 
     let plan = serde_json::json!({
         "put": [
-            {"host": me}, {"host": null_guest}, {"host": twinbox}, {"host": static_init},
+            {"host": me}, {"host": null_guest}, {"host": snapshot}, {"host": twinbox}, {"host": static_init},
             {"host": kernel_dir.join("vmlinux")}, {"host": kernel_dir.join("config")},
             {"host": kernel_dir.join("build.json")},
             {"host": env.home().join("images")},
@@ -530,7 +532,8 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
         "steps": [
             {"argv": [twinbox, "doctor"], "timeout_s": 60},
             {"argv": [me, "--test-threads", "2", "--skip", ME, "--skip", PLAIN_X86], "timeout_s": 300},
-            {"argv": [null_guest, "--test-threads", "2"], "timeout_s": 120},
+            {"argv": [null_guest, "--test-threads", "1"], "timeout_s": 120},
+            {"argv": [snapshot], "timeout_s": 60},
         ],
     });
     let plan_file = env.path().join("plan.json");
@@ -559,7 +562,7 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
         )
     })?;
     let steps = report["steps"].as_array().ok_or("no steps")?;
-    assert_eq!(steps.len(), 3, "{report}");
+    assert_eq!(steps.len(), 4, "{report}");
     let doctor = steps[0]["stdout"].as_str().unwrap_or_default();
     assert!(
         doctor.contains("hardware KVM (AMD-V)") && doctor.contains("nested"),
@@ -567,6 +570,7 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
     );
     assert_all_passed("tests/vm_linux.rs", &steps[1], want_here);
     assert_all_passed("vmm/tests/null_guest.rs", &steps[2], want_null);
+    assert_all_passed("vmm/tests/snapshot.rs", &steps[3], want_snapshot);
     let log = report["kernel_log"].as_str().unwrap_or_default();
     assert!(
         !log.contains("Unhandled WRMSR"),

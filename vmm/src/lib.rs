@@ -25,6 +25,7 @@ pub mod null_guest;
 pub mod pmem;
 pub mod profile;
 pub mod seccomp;
+pub mod snapshot;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;
