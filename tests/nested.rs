@@ -142,10 +142,7 @@ fn a_killed_run_leaves_no_qemu_and_no_file() -> TestResult {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let left: Vec<_> = std::fs::read_dir(&tmp)?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let left = common::entries(&tmp)?;
     assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
     Ok(())
 }

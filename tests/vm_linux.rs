@@ -287,10 +287,7 @@ fn a_vm_run_killed_mid_boot_leaves_no_temporary_file() -> TestResult {
     }
     child.kill()?;
     child.wait()?;
-    let left: Vec<_> = std::fs::read_dir(&tmp)?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
+    let left = common::entries(&tmp)?;
     assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
     Ok(())
 }

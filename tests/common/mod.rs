@@ -89,3 +89,11 @@ pub fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
         std::fs::copy(from, to).map(|_| ())
     }
 }
+
+/// What is in `dir` (for checks that a run left nothing behind).
+pub fn entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    Ok(std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .collect())
+}

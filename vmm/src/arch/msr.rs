@@ -20,7 +20,12 @@ pub const BOOT_MSRS: [(u32, u64); 10] = [
 
 /// The boot MSRs as KVM takes them.
 pub fn boot_msrs() -> Result<Msrs, vmm_sys_util::fam::Error> {
-    let entries: Vec<kvm_msr_entry> = BOOT_MSRS
+    msrs_of(&BOOT_MSRS)
+}
+
+/// `(index, value)` pairs as KVM takes them.
+pub fn msrs_of(pairs: &[(u32, u64)]) -> Result<Msrs, vmm_sys_util::fam::Error> {
+    let entries: Vec<kvm_msr_entry> = pairs
         .iter()
         .map(|&(index, data)| kvm_msr_entry {
             index,

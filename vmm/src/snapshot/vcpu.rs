@@ -22,6 +22,7 @@ use kvm_ioctls::VcpuFd;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::Error;
+use crate::arch::msr;
 
 /// What starts the bytes of a vCPU state.
 pub const MAGIC: [u8; 8] = *b"TWBXVCPU";
@@ -154,24 +155,15 @@ impl VcpuState {
         vcpu.set_debug_regs(&self.debugregs)
             .map_err(kvm("KVM_SET_DEBUGREGS"))?;
         vcpu.set_lapic(&self.lapic).map_err(kvm("KVM_SET_LAPIC"))?;
-        let entries: Vec<kvm_msr_entry> = self
-            .msrs
-            .iter()
-            .map(|&(index, data)| kvm_msr_entry {
-                index,
-                data,
-                ..Default::default()
-            })
-            .collect();
-        let msrs = Msrs::from_entries(&entries).map_err(|_| Error::TooManyMsrs(entries.len()))?;
+        let msrs = msr::msrs_of(&self.msrs).map_err(|_| Error::TooManyMsrs(self.msrs.len()))?;
         let written = vcpu.set_msrs(&msrs).map_err(kvm("KVM_SET_MSRS"))?;
-        if written != entries.len() {
-            let refused = entries.get(written).map_or(0, |e| e.index);
+        if written != self.msrs.len() {
+            let refused = self.msrs.get(written).map_or(0, |e| e.0);
             return Err(Error::BadSection {
                 tag: MSRS,
                 why: format!(
                     "KVM refused MSR {refused:#x} ({written} of {} written)",
-                    entries.len()
+                    self.msrs.len()
                 ),
             });
         }
