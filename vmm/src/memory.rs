@@ -52,10 +52,17 @@ pub fn create(vm: &VmFd, size: u64, pmem: Option<&Pmem>) -> Result<GuestMemoryMm
         regions.push(region);
     }
     let mem = GuestMemoryMmap::from_regions(regions).map_err(|_| Error::Map(size))?;
+    register(vm, &mem)?;
+    Ok(mem)
+}
+
+/// Registers every region of `mem` with `vm`, one KVM slot each; `mem`
+/// must outlive the VM and its vCPUs.
+pub fn register(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), Error> {
     for (slot, region) in mem.iter().enumerate() {
         let host = region
             .get_host_address(MemoryRegionAddress(0))
-            .map_err(|_| Error::Map(size))?;
+            .map_err(|_| Error::Map(region.len()))?;
         let r = kvm_userspace_memory_region {
             slot: slot as u32,
             flags: 0,
@@ -65,8 +72,9 @@ pub fn create(vm: &VmFd, size: u64, pmem: Option<&Pmem>) -> Result<GuestMemoryMm
         };
         // SAFETY: the region is a live mapping of exactly `memory_size`
         // bytes owned by `mem`, which outlives every use of the VM: the VM
-        // (and its vCPUs) are dropped before `mem` in `Vm::run`.
+        // (and its vCPUs) are dropped before `mem` in `Vm::run`, and the
+        // callers of `register` promise the same.
         unsafe { vm.set_user_memory_region(r) }.map_err(Error::Register)?;
     }
-    Ok(mem)
+    Ok(())
 }

@@ -6,9 +6,11 @@
 //! pending events, MP state, debug registers, MSRs, TSC frequency), read
 //! from KVM and written back, and its byte format, whose parser treats the
 //! file as hostile (every tag, length and count is checked; `fuzz/` fuzzes
-//! it). Guest memory, the VM clock, our devices and the snapshot file
-//! itself come next (issue 14).
+//! it); and guest memory ([`memory`]): saved with zero pages as holes,
+//! restored mapped private from the file. The VM clock, our devices and
+//! the snapshot file itself come next (issue 14).
 
+pub mod memory;
 pub mod vcpu;
 
 /// Errors of saving or restoring state.
@@ -37,6 +39,20 @@ pub enum Error {
     /// A section the state cannot do without.
     #[error("vCPU state lacks section {0}")]
     Missing(&'static str),
+    /// The memory file is shorter than its layout says.
+    #[error("the memory file has {have} bytes, its layout needs {need}")]
+    MemoryFileShort {
+        /// Bytes the layout needs.
+        need: u64,
+        /// Bytes the file has.
+        have: u64,
+    },
+    /// Reading or writing a snapshot's file failed.
+    #[error("{0}")]
+    Io(&'static str, #[source] std::io::Error),
+    /// Guest memory could not be set up.
+    #[error("guest memory")]
+    Memory(#[from] crate::memory::Error),
     /// More MSRs than KVM would take.
     #[error("{0} MSRs in the vCPU state, more than {max}", max = vcpu::MAX_MSRS)]
     TooManyMsrs(usize),
