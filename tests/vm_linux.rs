@@ -527,10 +527,10 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
             ["RUST_BACKTRACE", "1"],
         ],
         "steps": [
-            {"argv": [twinbox, "doctor"], "timeout_s": 60},
-            {"argv": [me, "--test-threads", "2", "--skip", ME, "--skip", PLAIN_X86], "timeout_s": 300},
-            {"argv": [null_guest, "--test-threads", "1"], "timeout_s": 120},
-            {"argv": [snapshot], "timeout_s": 60},
+            {"argv": [twinbox, "doctor"], "timeout_s": 30},
+            {"argv": [me, "--test-threads", "2", "--skip", ME, "--skip", PLAIN_X86], "timeout_s": 150},
+            {"argv": [null_guest, "--test-threads", "1"], "timeout_s": 60},
+            {"argv": [snapshot], "timeout_s": 30},
         ],
     });
     let plan_file = env.path().join("plan.json");
@@ -546,7 +546,7 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
             "-m",
             "10g",
             "--timeout",
-            "10m",
+            "15m",
             "--plan",
         ])
         .arg(&plan_file)
@@ -573,6 +573,11 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
         !log.contains("Unhandled WRMSR"),
         "the guest touched an MSR KVM does not handle:\n{log}"
     );
+    // An outer machine that hung (QEMU's TCG, not our VMM: every vCPU busy
+    // with interrupts off) was replaced; say so, it is not a pass to hide.
+    for why in report["restarts"].as_array().into_iter().flatten() {
+        eprintln!("warning: {why}");
+    }
     eprintln!(
         "nested SVM: outer kernel up at {:.1} s, KVM modules {:.1} s, doctor {:.1} s, vm_linux {:.1} s, null_guest {:.1} s; QEMU {:.1} s; payload {:.1} s; whole test {:.1} s",
         report["kernel_boot_s"].as_f64().unwrap_or(-1.0),

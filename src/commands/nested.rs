@@ -123,6 +123,9 @@ fn print_report(r: &nested::Report) {
         r.hypervisor,
         r.wall_s,
     );
+    for why in &r.restarts {
+        eprintln!("  warning: {why}; a new outer machine ran the steps not yet reported");
+    }
     for s in &r.steps {
         let how = match (s.code, s.signal, s.timed_out, &s.error) {
             (_, _, _, Some(e)) => e.clone(),

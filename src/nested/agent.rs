@@ -173,7 +173,7 @@ fn drain(mut r: impl Read + Send + 'static) -> mpsc::Receiver<Vec<u8>> {
 
 /// How long a killed step may take to die, and its pipes to close, before
 /// the agent reports it and goes on.
-const GRACE: Duration = Duration::from_secs(10);
+pub const GRACE: Duration = Duration::from_secs(10);
 
 /// Waits for `child` until `deadline`; `None` if it is still there.
 fn wait_until(

@@ -53,6 +53,9 @@ pub struct Report {
     pub wall_s: f64,
     /// Host wall time to write the payload, in seconds.
     pub payload_s: f64,
+    /// Each time the outer machine hung and was replaced, why.
+    #[serde(default)]
+    pub restarts: Vec<String>,
 }
 
 impl Report {

@@ -93,14 +93,81 @@ fn read_all(f: &mut File, limit: u64) -> Result<Vec<u8>> {
     Ok(v)
 }
 
+/// How long past a step's own timeout (and the agent's 10 s grace) the
+/// host waits for its record before it takes the outer machine as hung.
+const STALL_MARGIN: Duration = Duration::from_secs(30);
+/// How long the outer machine may take to boot and say it is ready.
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+/// How many times a hung outer machine is replaced before the run fails.
+pub const MAX_RESTARTS: usize = 1;
+
 /// Runs `plan` in a new outer machine; `progress` is told of each step as
 /// it ends (how many of the plan's steps have).
+///
+/// The outer machine is emulated, and QEMU's TCG with nested SVM has been
+/// seen to stop making progress altogether (every vCPU busy, interrupts
+/// off, no record for minutes) after many VM runs; our agent then cannot
+/// report even a step's timeout. So when a step's record is overdue (its
+/// timeout, the agent's grace and [`STALL_MARGIN`]), the machine is killed
+/// and a new one runs the steps not yet reported, at most [`MAX_RESTARTS`]
+/// times; each restart is named in [`Report::restarts`].
 pub fn run(plan: &Plan, opts: &Options, progress: &dyn Fn(usize)) -> Result<Report> {
     if !Path::new(QEMU).exists() {
         bail!("{QEMU} is not installed (Debian package qemu-system-x86; scripts/bootstrap installs it)");
     }
     let m = machine::ensure().context("the outer machine")?;
+    let mut report = Report {
+        machine: Some(m.info.clone()),
+        ..Report::default()
+    };
+    let mut from = 0;
+    loop {
+        let part = Plan {
+            steps: plan.steps[from..].to_vec(),
+            ..plan.clone()
+        };
+        let done = from;
+        let outcome = boot(&m, &part, opts, &|n| progress(done + n))?;
+        let got = outcome.report;
+        report.wall_s += got.wall_s;
+        report.payload_s += got.payload_s;
+        if report.hypervisor.is_empty() {
+            report.kernel_boot_s = got.kernel_boot_s;
+            report.modules_s = got.modules_s;
+            report.hypervisor = got.hypervisor;
+        }
+        from += got.steps.len();
+        report.steps.extend(got.steps);
+        report.files = got.files;
+        report.kernel_log = got.kernel_log;
+        match outcome.hung {
+            None => return Ok(report),
+            Some(why) if report.restarts.len() < MAX_RESTARTS && from < plan.steps.len() => {
+                report.restarts.push(why);
+            }
+            Some(why) => bail!(
+                "{why}; {} of {} steps reported, after {} restart(s)",
+                from,
+                plan.steps.len(),
+                report.restarts.len()
+            ),
+        }
+    }
+}
 
+/// One boot's report, and why the machine was taken as hung, if it was.
+struct Boot {
+    report: Report,
+    hung: Option<String>,
+}
+
+/// Boots one outer machine for `plan` and collects what it reported.
+fn boot(
+    m: &machine::Machine,
+    plan: &Plan,
+    opts: &Options,
+    progress: &dyn Fn(usize),
+) -> Result<Boot> {
     let t = Instant::now();
     let mut initrd = unnamed()?;
     std::io::copy(
@@ -147,9 +214,11 @@ pub fn run(plan: &Plan, opts: &Options, progress: &dyn Fn(usize)) -> Result<Repo
     let start = Instant::now();
     let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
     let mut seen = 0;
+    let mut last = start;
+    let mut hung = None;
     let status = loop {
         if let Some(st) = child.try_wait()? {
-            break st;
+            break Some(st);
         }
         if start.elapsed() > opts.timeout {
             let _ = child.kill();
@@ -165,14 +234,41 @@ pub fn run(plan: &Plan, opts: &Options, progress: &dyn Fn(usize)) -> Result<Repo
         let steps = count_steps(&mut results);
         if steps != seen {
             seen = steps;
+            last = Instant::now();
             progress(steps);
+        }
+        // The next step's record is due by its timeout, the agent's grace
+        // and a margin after the last one (the first, after the boot too).
+        let due = plan.steps.get(seen).map(|s| {
+            let boot = if seen == 0 {
+                BOOT_LIMIT
+            } else {
+                Duration::ZERO
+            };
+            boot + Duration::from_secs(s.timeout_s) + agent_grace() + STALL_MARGIN
+        });
+        if let Some(due) = due {
+            if last.elapsed() > due {
+                let _ = child.kill();
+                let _ = child.wait();
+                hung = Some(format!(
+                    "the outer machine hung: no record of step {} ({}) within {due:?}",
+                    seen + 1,
+                    plan.steps[seen].argv.join(" ")
+                ));
+                break None;
+            }
         }
     };
     let wall_s = start.elapsed().as_secs_f64();
-    let raw = read_all(&mut results, protocol::MAX_STREAM)?;
+    let mut raw = read_all(&mut results, protocol::MAX_STREAM)?;
+    if hung.is_some() {
+        // Killed mid-write, perhaps: only whole lines count.
+        let whole = raw.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        raw.truncate(whole);
+    }
     let records = protocol::decode(&raw).context("reading the outer machine's results")?;
     let mut report = Report {
-        machine: Some(m.info.clone()),
         wall_s,
         payload_s,
         ..Report::default()
@@ -202,18 +298,24 @@ pub fn run(plan: &Plan, opts: &Options, progress: &dyn Fn(usize)) -> Result<Repo
     if let Some(e) = fatal {
         bail!("the outer machine's agent failed: {e}");
     }
-    if !done {
+    if hung.is_none() && !done {
         let text = String::from_utf8_lossy(&read_all(&mut console, 1 << 20)?).into_owned();
         let qemu = String::from_utf8_lossy(&read_all(&mut errors, 1 << 16)?).into_owned();
         bail!(
-            "the outer machine stopped ({status}) before its agent finished ({} of {} steps reported); QEMU said: {}\nits console ended:\n{}",
+            "the outer machine stopped ({}) before its agent finished ({} of {} steps reported); QEMU said: {}\nits console ended:\n{}",
+            status.map_or("killed".to_string(), |s| s.to_string()),
             report.steps.len(),
             plan.steps.len(),
             qemu.trim(),
             tail(&text, 30)
         );
     }
-    Ok(report)
+    Ok(Boot { report, hung })
+}
+
+/// The agent's grace for a step that will not die.
+fn agent_grace() -> Duration {
+    super::agent::GRACE
 }
 
 /// How many step records the results file holds so far.

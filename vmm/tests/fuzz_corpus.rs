@@ -1,24 +1,63 @@
-//! Replays the fuzz corpus of `fuzz/fuzz_targets/vcpu_state.rs` (its seeds,
-//! among them a real vCPU's state, and whatever `cargo fuzz` has added)
-//! with the target's property: every input parses or fails cleanly, and
-//! what parses encodes back to the same bytes.
+//! Replays the fuzz corpora of `fuzz/fuzz_targets/vcpu_state.rs` and
+//! `snapshot_file.rs` (their seeds, among them a real vCPU's state, and
+//! whatever `cargo fuzz` has added) with the targets' properties: every
+//! input is refused cleanly or gives what encodes back to the same bytes.
 
+use std::path::{Path, PathBuf};
+
+use twinbox_vmm::snapshot::file;
 use twinbox_vmm::snapshot::vcpu::VcpuState;
+
+fn corpus(target: &str) -> Result<Vec<Vec<u8>>, Box<dyn std::error::Error>> {
+    let dir: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fuzz/corpus")
+        .join(target);
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir)? {
+        out.push(std::fs::read(e?.path())?);
+    }
+    assert!(
+        out.len() >= 5,
+        "only {} corpus files in {}",
+        out.len(),
+        dir.display()
+    );
+    Ok(out)
+}
 
 #[test]
 fn the_vcpu_state_corpus_parses_or_fails_cleanly() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/vcpu_state");
-    let (mut seen, mut parsed) = (0, 0);
-    for e in std::fs::read_dir(&dir)? {
-        let data = std::fs::read(e?.path())?;
-        seen += 1;
-        if let Ok(state) = VcpuState::decode(&data) {
+    let inputs = corpus("vcpu_state")?;
+    let mut parsed = 0;
+    for data in &inputs {
+        if let Ok(state) = VcpuState::decode(data) {
             parsed += 1;
             let again = state.encode();
             assert_eq!(VcpuState::decode(&again)?.encode(), again);
         }
     }
-    assert!(seen >= 5, "only {seen} corpus files in {}", dir.display());
-    assert!(parsed >= 3, "only {parsed} of {seen} corpus files parse");
+    assert!(
+        parsed >= 3,
+        "only {parsed} of {} corpus files parse",
+        inputs.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_snapshot_file_corpus_parses_or_fails_cleanly() -> Result<(), Box<dyn std::error::Error>> {
+    let inputs = corpus("snapshot_file")?;
+    let mut parsed = 0;
+    for data in &inputs {
+        if let Ok(state) = file::decode(data, "fuzz") {
+            parsed += 1;
+            assert_eq!(&file::encode("fuzz", state), data);
+        }
+    }
+    assert!(
+        parsed >= 3,
+        "only {parsed} of {} corpus files parse",
+        inputs.len()
+    );
     Ok(())
 }

@@ -7,9 +7,12 @@
 //! from KVM and written back, and its byte format, whose parser treats the
 //! file as hostile (every tag, length and count is checked; `fuzz/` fuzzes
 //! it); and guest memory ([`memory`]): saved with zero pages as holes,
-//! restored mapped private from the file. The VM clock, our devices and
-//! the snapshot file itself come next (issue 14).
+//! restored mapped private from the file; and the state file ([`file`]):
+//! versioned, keyed, digested, private, published by rename. The VM
+//! clock, our devices, the snapshot cache and `twinbox run` come next
+//! (issue 14).
 
+pub mod file;
 pub mod memory;
 pub mod vcpu;
 
@@ -39,6 +42,10 @@ pub enum Error {
     /// A section the state cannot do without.
     #[error("vCPU state lacks section {0}")]
     Missing(&'static str),
+    /// A snapshot file that must not be used (from other inputs, another
+    /// version, cut, changed, a symlink, shared with others).
+    #[error("unusable snapshot: {0}")]
+    Snapshot(String),
     /// The memory file is shorter than its layout says.
     #[error("the memory file has {have} bytes, its layout needs {need}")]
     MemoryFileShort {
