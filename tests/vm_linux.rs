@@ -41,12 +41,13 @@ impl Where {
             _ => Self::Host,
         }
     }
-    /// The vCPU count of the multi-vCPU test: nested SVM is not bounded by
-    /// this host's two cores.
+    /// The vCPU count of the multi-vCPU test. Nested, the outer machine
+    /// has 2 vCPUs: with 4 on this 2-core host, QEMU's TCG stopped making
+    /// progress about once a run (every vCPU busy, interrupts off); with 2
+    /// it ran 30 steps of both suites without a hang.
     fn many_cpus(self) -> u32 {
         match self {
-            Self::Host => 2,
-            Self::NestedSvm => 4,
+            Self::Host | Self::NestedSvm => 2,
         }
     }
 }
@@ -542,7 +543,7 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
             "run",
             "--json",
             "--smp",
-            "4",
+            "2",
             "-m",
             "10g",
             "--timeout",
