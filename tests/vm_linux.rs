@@ -43,8 +43,8 @@ impl Where {
     }
     /// The vCPU count of the multi-vCPU test. Nested, the outer machine
     /// has 2 vCPUs: with 4 on this 2-core host, QEMU's TCG stopped making
-    /// progress about once a run (every vCPU busy, interrupts off); with 2
-    /// it ran 30 steps of both suites without a hang.
+    /// progress about once a run (every vCPU busy, interrupts off); with 2,
+    /// twice in 30 steps of the suites (the harness then replaces it).
     fn many_cpus(self) -> u32 {
         match self {
             Self::Host | Self::NestedSvm => 2,

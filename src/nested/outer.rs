@@ -99,7 +99,7 @@ const STALL_MARGIN: Duration = Duration::from_secs(30);
 /// How long the outer machine may take to boot and say it is ready.
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
 /// How many times a hung outer machine is replaced before the run fails.
-pub const MAX_RESTARTS: usize = 1;
+pub const MAX_RESTARTS: usize = 2;
 
 /// Runs `plan` in a new outer machine; `progress` is told of each step as
 /// it ends (how many of the plan's steps have).
