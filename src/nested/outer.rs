@@ -245,7 +245,7 @@ fn boot(
             } else {
                 Duration::ZERO
             };
-            boot + Duration::from_secs(s.timeout_s) + agent_grace() + STALL_MARGIN
+            boot + Duration::from_secs(s.timeout_s) + super::agent::GRACE + STALL_MARGIN
         });
         if let Some(due) = due {
             if last.elapsed() > due {
@@ -311,11 +311,6 @@ fn boot(
         );
     }
     Ok(Boot { report, hung })
-}
-
-/// The agent's grace for a step that will not die.
-fn agent_grace() -> Duration {
-    super::agent::GRACE
 }
 
 /// How many step records the results file holds so far.

@@ -35,6 +35,10 @@ pub fn must_filter(amd: bool, pmu_capability: i32, msr_filter: i32) -> bool {
 /// Denies the K7 PMU MSRs to the guest of `vm` where [`must_filter`] says
 /// so; returns whether it did.
 pub fn filter_absent_pmu(kvm: &Kvm, vm: &VmFd, amd: bool) -> Result<bool, kvm_ioctls::Error> {
+    // Not AMD: no KVM question to ask on the boot path.
+    if !amd {
+        return Ok(false);
+    }
     let pmu = kvm.check_extension_raw(KVM_CAP_PMU_CAPABILITY.into());
     let filter = kvm.check_extension_raw(KVM_CAP_X86_MSR_FILTER.into());
     if !must_filter(amd, pmu, filter) {
