@@ -79,6 +79,32 @@ pub struct VmConfig {
     /// Sample every vCPU's RIP and KVM's counters this often
     /// ([`crate::profile`]); off by default.
     pub profile: Option<Duration>,
+    /// The run's data for the guest's mailbox ([`crate::mailbox`]): with
+    /// it (and [`pmem`](Self::pmem)), the guest gets a mailbox region after
+    /// its root disk, filled when its init marks *ready*.
+    pub mailbox: Option<Vec<u8>>,
+    /// Warm start: stop at init's ready mark and hand the machine back to
+    /// be saved, or start from a saved one.
+    pub snapshot: Snapshot,
+}
+
+/// What a run does with snapshots ([`crate::snapshot`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Snapshot {
+    /// Boot, and run to the end.
+    #[default]
+    None,
+    /// Boot, stop at the guest's ready mark (boot timer mark 3), and give
+    /// the machine back in [`crate::vm::Outcome::captured`].
+    Take,
+    /// Start from the snapshot in `dir`, which must have been made for
+    /// `key`, instead of booting.
+    Restore {
+        /// Its directory (`state` and `memory`).
+        dir: PathBuf,
+        /// What it must have been made from.
+        key: String,
+    },
 }
 
 /// Where the guest's interrupt controllers are emulated.
@@ -122,6 +148,8 @@ impl VmConfig {
             irqchip: Irqchip::Split,
             pmem: None,
             profile: None,
+            mailbox: None,
+            snapshot: Snapshot::None,
         }
     }
 

@@ -20,6 +20,7 @@ pub mod devices;
 pub mod event;
 pub mod hypervisor;
 pub mod loader;
+pub mod mailbox;
 pub mod memory;
 pub mod null_guest;
 pub mod pmem;

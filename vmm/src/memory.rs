@@ -1,7 +1,8 @@
 //! Guest RAM: anonymous `MAP_NORESERVE` mappings laid out around the MMIO
 //! gap, registered with KVM as one memory slot per region. Pages are only
 //! backed by host memory when the guest touches them. A pmem image
-//! ([`crate::pmem`]) is one more region: its file mapped private.
+//! ([`crate::pmem`]) is one more region: its file mapped private; the
+//! mailbox ([`crate::mailbox`]) one more, anonymous.
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
@@ -28,14 +29,31 @@ pub enum Error {
     Register(#[source] kvm_ioctls::Error),
 }
 
-/// Maps `size` bytes of guest RAM (and `pmem`, if any) and registers it
-/// with `vm`.
-pub fn create(vm: &VmFd, size: u64, pmem: Option<&Pmem>) -> Result<GuestMemoryMmap, Error> {
-    let mut regions = layout::ram_regions(size)
+/// Maps `size` bytes of guest RAM (and `pmem`, and a mailbox of
+/// [`crate::mailbox::SIZE`] at `mailbox`, if any) and registers it with
+/// `vm`.
+pub fn create(
+    vm: &VmFd,
+    size: u64,
+    pmem: Option<&Pmem>,
+    mailbox: Option<u64>,
+) -> Result<GuestMemoryMmap, Error> {
+    let ram = layout::ram_regions(size)
         .into_iter()
         .map(|(start, len)| GuestRegionMmap::from_range(GuestAddress(start), len as usize, None))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| Error::Map(size))?;
+    assemble(vm, ram, pmem, mailbox)
+}
+
+/// Guest memory of `ram` (RAM regions, new or restored), `pmem` and the
+/// mailbox, registered with `vm`.
+pub fn assemble(
+    vm: &VmFd,
+    mut regions: Vec<GuestRegionMmap>,
+    pmem: Option<&Pmem>,
+    mailbox: Option<u64>,
+) -> Result<GuestMemoryMmap, Error> {
     if let Some(p) = pmem {
         let io = |e| Error::MapPmem(p.size, e);
         let file = p.file.try_clone().map_err(io)?;
@@ -51,7 +69,14 @@ pub fn create(vm: &VmFd, size: u64, pmem: Option<&Pmem>) -> Result<GuestMemoryMm
             .ok_or_else(|| io(std::io::Error::other("address overflow")))?;
         regions.push(region);
     }
-    let mem = GuestMemoryMmap::from_regions(regions).map_err(|_| Error::Map(size))?;
+    if let Some(base) = mailbox {
+        let len = crate::mailbox::SIZE;
+        let region = GuestRegionMmap::from_range(GuestAddress(base), len as usize, None)
+            .map_err(|_| Error::Map(len))?;
+        regions.push(region);
+    }
+    let total = regions.iter().map(|r| r.len()).sum();
+    let mem = GuestMemoryMmap::from_regions(regions).map_err(|_| Error::Map(total))?;
     register(vm, &mem)?;
     Ok(mem)
 }

@@ -123,8 +123,29 @@ fn internal_error(vcpu: &mut VcpuFd) -> String {
     )
 }
 
+/// Creates vCPU `index` of `count` for a restore: its CPUID as at boot,
+/// then `state` (a snapshot's).
+pub fn create_restored(
+    vm: &VmFd,
+    supported: &CpuId,
+    index: u32,
+    count: u32,
+    state: &crate::snapshot::vcpu::VcpuState,
+) -> Result<VcpuFd, crate::snapshot::Error> {
+    let vcpu = vm
+        .create_vcpu(u64::from(index))
+        .map_err(|e| crate::snapshot::Error::Kvm("KVM_CREATE_VCPU", e))?;
+    let mut c = supported.clone();
+    cpuid::fix_for_vcpu(&mut c, index, count);
+    vcpu.set_cpuid2(&c)
+        .map_err(|e| crate::snapshot::Error::Kvm("KVM_SET_CPUID2", e))?;
+    state.restore(&vcpu)?;
+    Ok(vcpu)
+}
+
 /// Runs `vcpu` until `stop` is set (and the thread kicked) or the vCPU
-/// stops on its own; what stopped it goes to `events`.
+/// stops on its own; what stopped it goes to `events`. Gives the vCPU back
+/// (a snapshot reads its state after every vCPU has stopped).
 pub(crate) fn run(
     mut vcpu: VcpuFd,
     index: u32,
@@ -133,7 +154,7 @@ pub(crate) fn run(
     events: Sender<Event>,
     seccomp: bool,
     sampler: Option<Arc<Sampler>>,
-) {
+) -> VcpuFd {
     // The guest's input is only ever handled under the filter.
     if seccomp {
         if let Err(e) = crate::seccomp::install(crate::seccomp::Thread::Vcpu) {
@@ -141,13 +162,16 @@ pub(crate) fn run(
                 .map(|c| c.to_string())
                 .unwrap_or_default();
             let _ = events.send(Event::Failed(index, format!("{e}: {cause}")));
-            return;
+            return vcpu;
         }
     }
     while !stop.load(Ordering::Acquire) {
         let event = match vcpu.run() {
             Ok(VcpuExit::IoOut(port, data)) => {
-                devices.write(port, data);
+                if devices.write(port, data) {
+                    // Stopped for a snapshot: the VMM thread was told.
+                    break;
+                }
                 None
             }
             Ok(VcpuExit::IoIn(port, data)) => {
@@ -191,4 +215,5 @@ pub(crate) fn run(
             }
         }
     }
+    vcpu
 }

@@ -16,21 +16,24 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{
-    kvm_enable_cap, kvm_irq_routing_msi, kvm_pit_config, KvmIrqRouting, KVM_CAP_SPLIT_IRQCHIP,
-    KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
+    kvm_cpuid_entry2, kvm_enable_cap, kvm_irq_routing_msi, kvm_pit_config, KvmIrqRouting,
+    KVM_CAP_SPLIT_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VmFd};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 
 use crate::arch::{boot_params, cpuid, layout, mptable, pmu, regs};
-use crate::config::{self, Irqchip, VmConfig};
-use crate::devices::ports::Mark;
+use crate::config::{self, Irqchip, Snapshot, VmConfig};
+use crate::devices::ports::{AtReady, Mark};
 use crate::devices::{ioapic, serial::Console, Devices};
 use crate::event::Event;
 use crate::profile::{Profile, Sampler, StatsPoint};
+use crate::snapshot::machine::{IoapicState, MachineState};
+use crate::snapshot::vcpu::VcpuState;
 use crate::stats::StatsFd;
-use crate::{hypervisor, loader, memory, vcpu};
+use crate::{hypervisor, loader, mailbox, memory, snapshot, vcpu};
 
 /// Errors of building or running a VM. A guest that misbehaves is not an
 /// error: that is a [`StopReason`].
@@ -57,6 +60,12 @@ pub enum Error {
     /// A vCPU could not be set up.
     #[error("setting up vCPUs")]
     Vcpu(#[from] vcpu::Error),
+    /// The snapshot cannot be taken or used (the caller boots instead).
+    #[error(transparent)]
+    Snapshot(#[from] snapshot::Error),
+    /// The mailbox could not be filled.
+    #[error("mailbox")]
+    Mailbox(#[from] mailbox::Error),
     /// A thread could not be started.
     #[error("starting a VMM thread")]
     Thread(#[source] std::io::Error),
@@ -90,6 +99,9 @@ pub enum StopReason {
     TimedOut(Duration),
     /// KVM failed while the guest ran.
     KvmError(String),
+    /// The guest's init marked ready and the VM stopped there for a
+    /// snapshot ([`crate::config::Snapshot::Take`]).
+    Ready,
 }
 
 /// Where the time went.
@@ -109,8 +121,26 @@ pub struct Timings {
     pub torn_down: Duration,
 }
 
+/// A VM stopped at its guest's ready mark: its state and its memory, to
+/// be saved ([`snapshot::dir::save`]).
+pub struct Captured {
+    /// Everything but the RAM.
+    pub state: MachineState,
+    /// The guest's memory (RAM, root disk and mailbox regions).
+    pub memory: GuestMemoryMmap,
+}
+
+impl std::fmt::Debug for Captured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Captured")
+            .field("vcpus", &self.state.vcpus.len())
+            .field("memory", &self.state.memory)
+            .finish_non_exhaustive()
+    }
+}
+
 /// What a VM run produced.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outcome {
     /// Why it stopped.
     pub reason: StopReason,
@@ -122,6 +152,8 @@ pub struct Outcome {
     pub timings: Timings,
     /// What the profiler recorded, when [`VmConfig::profile`] asked for it.
     pub profile: Option<Profile>,
+    /// The machine, when it stopped for a snapshot.
+    pub captured: Option<Captured>,
 }
 
 /// Most console bytes forwarded to the caller's writer (the rest is dropped;
@@ -154,17 +186,86 @@ fn host_memory() -> Option<u64> {
 /// Builds the VM of `config`, runs it until it stops, tears it down.
 /// Console output goes to `console`. The work happens in a thread of its
 /// own (the VMM thread), so its seccomp filter never applies to the caller.
+/// With [`Snapshot::Take`], the VM stops at the guest's ready mark and
+/// comes back in [`Outcome::captured`], its state read here, in the
+/// caller's (unfiltered) thread.
 pub fn run(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome, Error> {
     let config = config.clone();
-    std::thread::Builder::new()
+    let (mut outcome, paused) = std::thread::Builder::new()
         .name("vmm".into())
         .spawn(move || run_here(&config, console))
         .map_err(Error::Thread)?
         .join()
-        .map_err(|_| Error::Panicked)?
+        .map_err(|_| Error::Panicked)??;
+    if let Some(p) = paused {
+        outcome.captured = Some(capture(p)?);
+    }
+    Ok(outcome)
 }
 
-fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome, Error> {
+/// A VM stopped at the ready mark, not yet read.
+struct Paused {
+    vm: Arc<VmFd>,
+    vcpus: Vec<VcpuFd>,
+    mem: GuestMemoryMmap,
+    memory: u64,
+    pmem: Option<(u64, u64)>,
+    mailbox: Option<u64>,
+    cpuid: Vec<kvm_cpuid_entry2>,
+    serial: vm_superio::serial::SerialState,
+    ioapic: (u32, u32, [u64; ioapic::PINS]),
+}
+
+/// Reads the whole state of a paused VM, then lets go of it but its memory.
+fn capture(mut p: Paused) -> Result<Captured, Error> {
+    let snap = |e: snapshot::Error| Error::Snapshot(e);
+    let kvm = Kvm::new().map_err(|e| Error::Kvm("opening /dev/kvm", e))?;
+    let indices = kvm
+        .get_msr_index_list()
+        .map_err(|e| Error::Kvm("KVM_GET_MSR_INDEX_LIST", e))?;
+    let mut vcpus = Vec::new();
+    for v in p.vcpus.iter_mut() {
+        snapshot::vcpu::settle(v).map_err(snap)?;
+        vcpus.push(VcpuState::capture(v, indices.as_slice()).map_err(snap)?);
+    }
+    let clock =
+        p.vm.get_clock()
+            .map_err(|e| snap(snapshot::Error::Kvm("KVM_GET_CLOCK", e)))?;
+    drop(p.vcpus);
+    drop(p.vm);
+    let mut offset = 0;
+    let regions = layout::ram_regions(p.memory)
+        .into_iter()
+        .map(|(start, len)| {
+            offset += len;
+            (start, len, offset - len)
+        })
+        .collect();
+    let (id, select, entries) = p.ioapic;
+    Ok(Captured {
+        state: MachineState {
+            memory: p.memory,
+            pmem: p.pmem,
+            mailbox: p.mailbox,
+            layout: snapshot::memory::Layout { regions },
+            cpuid: p.cpuid,
+            clock,
+            ioapic: IoapicState {
+                id,
+                select,
+                entries,
+            },
+            serial: p.serial,
+            vcpus,
+        },
+        memory: p.mem,
+    })
+}
+
+fn run_here(
+    config: &VmConfig,
+    console: Box<dyn Write + Send>,
+) -> Result<(Outcome, Option<Paused>), Error> {
     let t0 = Instant::now();
     let mut timings = Timings::default();
     let kvm = Kvm::new().map_err(|e| Error::Kvm("opening /dev/kvm", e))?;
@@ -182,11 +283,35 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
         Some(path) => Some(crate::pmem::open(path, size)?),
         None => None,
     };
-    let mem = memory::create(&vm, size, pmem.as_ref())?;
+    let pmem_range = pmem.as_ref().map(|p| (p.base, p.size));
+    let mailbox_base = match (&config.mailbox, pmem_range) {
+        (Some(_), Some((base, len))) => Some(mailbox::base(base, len)),
+        _ => None,
+    };
+    let restore = match &config.snapshot {
+        Snapshot::Restore { dir, key } => {
+            let s = snapshot::dir::load(dir, key)?;
+            s.check(size, config.vcpus, pmem_range, mailbox_base)?;
+            Some(s)
+        }
+        _ => None,
+    };
+    let mem = match &restore {
+        Some(r) => {
+            let ram = snapshot::memory::regions(&r.memory, &r.state.layout)?;
+            memory::assemble(&vm, ram, pmem.as_ref(), mailbox_base)?
+        }
+        None => memory::create(&vm, size, pmem.as_ref(), mailbox_base)?,
+    };
     vm.set_tss_address(layout::KVM_TSS as usize)
         .map_err(|e| Error::Kvm("KVM_SET_TSS_ADDR", e))?;
     let split =
         config.irqchip == Irqchip::Split && !config.pit && kvm.check_extension(Cap::SplitIrqchip);
+    if !split && (restore.is_some() || config.snapshot == Snapshot::Take) {
+        return Err(Error::Snapshot(snapshot::Error::Snapshot(
+            "snapshots need the split irqchip (no PIT): this host or config has none".into(),
+        )));
+    }
     if split {
         let mut cap = kvm_enable_cap {
             cap: KVM_CAP_SPLIT_IRQCHIP,
@@ -210,55 +335,56 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
     }
     timings.memory_ready = t0.elapsed();
 
-    let regions = layout::ram_regions(size);
-    let low_end = regions.first().map(|r| r.0 + r.1).unwrap_or(0);
-    let loaded = loader::kernel(&mem, &config.kernel)?;
-    let initrd = match config.initrd.is_empty() {
-        true => None,
-        false => Some(loader::initrd(&mem, &config.initrd, low_end, loaded.end)?),
-    };
     let kind = hypervisor::detect_kind();
     pmu::filter_absent_pmu(&kvm, &vm, kind == hypervisor::Kind::Amd)
         .map_err(|e| Error::Kvm("KVM_X86_SET_MSR_FILTER", e))?;
-    let cmdline = match (config.cmdline.is_empty(), kind.guest_cmdline()) {
-        (_, "") => config.cmdline.clone(),
-        (true, extra) => extra.to_string(),
-        (false, extra) => format!("{} {extra}", config.cmdline),
+    let entry = match &restore {
+        Some(_) => 0,
+        None => load_guest(config, &mem, kind, pmem_range, mailbox_base)?,
     };
-    let cmdline_len = loader::cmdline(&mem, &cmdline)?;
-    let seed = boot_params::rng_seed().map_err(|e| Error::Boot(e.to_string()))?;
-    let pmem_range = pmem.as_ref().map(|p| (p.base, p.size));
-    boot_params::write(
-        &mem,
-        loaded.header,
-        cmdline_len,
-        initrd,
-        &regions,
-        pmem_range,
-        &seed,
-    )
-    .map_err(|e| Error::Boot(e.to_string()))?;
-    mptable::write(&mem, config.vcpus).map_err(|e| Error::Boot(e.to_string()))?;
-    regs::write_tables(&mem).map_err(|e| Error::Boot(e.to_string()))?;
     timings.guest_loaded = t0.elapsed();
 
     let (tx, rx) = mpsc::channel::<Event>();
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| Error::Kvm("eventfd", e.into()))?;
     vm.register_irqfd(&serial_irq, 4)
         .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
-    let mut devices = Devices::new(
-        serial_irq,
-        Console::new(console, CONSOLE_LIMIT),
-        tx.clone(),
-        t0,
-    );
+    let console = Console::new(console, CONSOLE_LIMIT);
+    let mut devices = match &restore {
+        Some(r) => Devices::restored(serial_irq, console, &r.state.serial, tx.clone(), t0)
+            .map_err(|e| Error::Snapshot(snapshot::Error::Snapshot(e)))?,
+        None => Devices::new(serial_irq, console, tx.clone(), t0),
+    };
     if split {
+        let io = match &restore {
+            Some(r) => {
+                let s = &r.state.ioapic;
+                let io = ioapic::Ioapic::from_state(s.id, s.select, s.entries);
+                install_routes(&vm, &io.routes()).map_err(|e| {
+                    Error::Snapshot(snapshot::Error::Snapshot(format!(
+                        "the I/O APIC's routes: {e}"
+                    )))
+                })?;
+                io
+            }
+            None => ioapic::Ioapic::new(mptable::ioapic_id(config.vcpus)),
+        };
         let routes_vm = vm.clone();
         devices = devices.with_ioapic(
-            ioapic::Ioapic::new(mptable::ioapic_id(config.vcpus)),
+            io,
             Box::new(move |routes| install_routes(&routes_vm, routes)),
         );
     }
+    devices = match (&config.snapshot, mailbox_base, &config.mailbox) {
+        (Snapshot::Take, _, _) => devices.with_ready(AtReady::Pause),
+        (Snapshot::None, Some(base), Some(payload)) => {
+            let (mem, payload) = (mem.clone(), payload.clone());
+            let entropy = mailbox::fresh_entropy()?;
+            devices.with_ready(AtReady::Deliver(Box::new(move || {
+                mailbox::deliver(&mem, base, &payload, &entropy).map_err(|e| e.to_string())
+            })))
+        }
+        _ => devices,
+    };
     let devices = Arc::new(devices);
     let mut supported = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -266,9 +392,38 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
     if let hypervisor::Kind::Pvm { .. } = kind {
         cpuid::hide_for_pvm(&mut supported);
     }
-    let vcpus = (0..config.vcpus)
-        .map(|i| vcpu::create(&vm, &supported, i, config.vcpus, loaded.entry))
-        .collect::<Result<Vec<_>, _>>()?;
+    let vcpus = match &restore {
+        Some(r) => {
+            if let Some(why) = cpuid_differs(&r.state.cpuid, vcpu0_cpuid(&supported).as_slice()) {
+                return Err(Error::Snapshot(snapshot::Error::Snapshot(format!(
+                    "made on a host whose CPUID differs from this one's ({why})"
+                ))));
+            }
+            let vcpus = r
+                .state
+                .vcpus
+                .iter()
+                .enumerate()
+                .map(|(i, s)| vcpu::create_restored(&vm, &supported, i as u32, config.vcpus, s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut clock = r.state.clock;
+            // The saved value, as it was: no jump for the time the
+            // snapshot lay on disk (init sets the wall clock itself).
+            clock.flags = 0;
+            clock.realtime = 0;
+            clock.host_tsc = 0;
+            vm.set_clock(&clock)
+                .map_err(|e| Error::Snapshot(snapshot::Error::Kvm("KVM_SET_CLOCK", e)))?;
+            if let (Some(base), Some(payload)) = (mailbox_base, &config.mailbox) {
+                mailbox::deliver(&mem, base, payload, &mailbox::fresh_entropy()?)?;
+            }
+            vcpus
+        }
+        None => (0..config.vcpus)
+            .map(|i| vcpu::create(&vm, &supported, i, config.vcpus, entry))
+            .collect::<Result<Vec<_>, _>>()?,
+    };
+    drop(restore);
 
     let sampler = config
         .profile
@@ -279,7 +434,7 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
         None => Vec::new(),
     };
     let stop = Arc::new(AtomicBool::new(false));
-    let mut threads: Vec<JoinHandle<()>> = Vec::new();
+    let mut threads: Vec<JoinHandle<VcpuFd>> = Vec::new();
     let mut spawn_error = None;
     for (i, v) in vcpus.into_iter().enumerate() {
         let (devices, stop, tx) = (devices.clone(), stop.clone(), tx.clone());
@@ -330,9 +485,11 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
     timings.stopped = t0.elapsed();
 
     stop.store(true, Ordering::Release);
-    stop_threads(threads);
+    let count = threads.len();
+    let vcpus = stop_threads(threads);
     let console_tail = devices.console_tail();
     let marks = devices.marks();
+    let (serial, io) = devices.state();
     drop(devices);
     let profile = match (config.profile, &sampler) {
         (Some(interval), Some(s)) => {
@@ -348,21 +505,115 @@ fn run_here(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome
         _ => None,
     };
     drop(stats);
-    drop(vm);
-    drop(mem);
+    let paused = match (&reason, io) {
+        (Some(StopReason::Ready), Some(ioapic)) if vcpus.len() == count => Some(Paused {
+            vm,
+            vcpus,
+            mem,
+            memory: size,
+            pmem: pmem_range,
+            mailbox: mailbox_base,
+            cpuid: vcpu0_cpuid(&supported).as_slice().to_vec(),
+            serial,
+            ioapic,
+        }),
+        _ => {
+            drop(vcpus);
+            drop(vm);
+            drop(mem);
+            None
+        }
+    };
     timings.torn_down = t0.elapsed();
     match (reason, spawn_error, filtered) {
-        (Some(reason), _, _) => Ok(Outcome {
-            reason,
-            console_tail,
-            marks,
-            timings,
-            profile,
-        }),
+        (Some(StopReason::Ready), _, _) if paused.is_none() => Err(Error::Snapshot(
+            snapshot::Error::Snapshot("a vCPU thread was lost before the snapshot".into()),
+        )),
+        (Some(reason), _, _) => Ok((
+            Outcome {
+                reason,
+                console_tail,
+                marks,
+                timings,
+                profile,
+                captured: None,
+            },
+            paused,
+        )),
         (None, Some(e), _) => Err(Error::Thread(e)),
         (None, None, Err(Some(e))) => Err(e.into()),
         (None, None, _) => Err(Error::Boot("no vCPU started".into())),
     }
+}
+
+/// The CPUID vCPU 0 gets: what a snapshot keeps and compares. (KVM's
+/// supported list carries the APIC ID of whichever host CPU answered;
+/// the per-vCPU fixes replace it.)
+fn vcpu0_cpuid(supported: &kvm_bindings::CpuId) -> kvm_bindings::CpuId {
+    let mut c = supported.clone();
+    cpuid::fix_for_vcpu(&mut c, 0, 1);
+    c
+}
+
+/// How the CPUID a snapshot was made with differs from `now`'s, if it does.
+fn cpuid_differs(saved: &[kvm_cpuid_entry2], now: &[kvm_cpuid_entry2]) -> Option<String> {
+    if saved.len() != now.len() {
+        return Some(format!("{} entries, not {}", saved.len(), now.len()));
+    }
+    saved.iter().zip(now).find_map(|(a, b)| {
+        let key = |e: &kvm_cpuid_entry2| (e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx);
+        (key(a) != key(b)).then(|| {
+            format!(
+                "leaf {:#x}.{}: {:x?} vs {:x?}",
+                a.function,
+                a.index,
+                key(a),
+                key(b)
+            )
+        })
+    })
+}
+
+/// Loads a booting guest: kernel, initrd, command line, zero page, MP
+/// table, boot page tables; returns the kernel's entry point.
+fn load_guest(
+    config: &VmConfig,
+    mem: &GuestMemoryMmap,
+    kind: hypervisor::Kind,
+    pmem_range: Option<(u64, u64)>,
+    mailbox_base: Option<u64>,
+) -> Result<u64, Error> {
+    let regions = layout::ram_regions(config.memory_pages_bytes());
+    let low_end = regions.first().map(|r| r.0 + r.1).unwrap_or(0);
+    let loaded = loader::kernel(mem, &config.kernel)?;
+    let initrd = match config.initrd.is_empty() {
+        true => None,
+        false => Some(loader::initrd(mem, &config.initrd, low_end, loaded.end)?),
+    };
+    let cmdline = match (config.cmdline.is_empty(), kind.guest_cmdline()) {
+        (_, "") => config.cmdline.clone(),
+        (true, extra) => extra.to_string(),
+        (false, extra) => format!("{} {extra}", config.cmdline),
+    };
+    let cmdline_len = loader::cmdline(mem, &cmdline)?;
+    let seed = boot_params::rng_seed().map_err(|e| Error::Boot(e.to_string()))?;
+    let mut pmem: Vec<(u64, u64)> = pmem_range.into_iter().collect();
+    if let Some(base) = mailbox_base {
+        pmem.push((base, mailbox::SIZE));
+    }
+    boot_params::write(
+        mem,
+        loaded.header,
+        cmdline_len,
+        initrd,
+        &regions,
+        &pmem,
+        &seed,
+    )
+    .map_err(|e| Error::Boot(e.to_string()))?;
+    mptable::write(mem, config.vcpus).map_err(|e| Error::Boot(e.to_string()))?;
+    regs::write_tables(mem).map_err(|e| Error::Boot(e.to_string()))?;
+    Ok(loaded.entry)
 }
 
 /// Waits for the first stop event or the timeout, calling `tick` every
@@ -406,6 +657,7 @@ fn wait(
         },
         Event::Halted(_) => StopReason::Halted,
         Event::Failed(vcpu, what) => StopReason::KvmError(format!("vCPU {vcpu}: {what}")),
+        Event::Ready => StopReason::Ready,
     }
 }
 
@@ -430,9 +682,10 @@ fn install_routes(vm: &VmFd, routes: &[ioapic::Route]) -> Result<(), String> {
 /// Kicks every vCPU thread out of KVM_RUN until all have returned, then
 /// joins them. A kick can land just before a thread enters KVM_RUN and be
 /// lost, so it is repeated until the thread is gone.
-fn stop_threads(threads: Vec<JoinHandle<()>>) {
+fn stop_threads(threads: Vec<JoinHandle<VcpuFd>>) -> Vec<VcpuFd> {
     loop {
-        let running: Vec<&JoinHandle<()>> = threads.iter().filter(|t| !t.is_finished()).collect();
+        let running: Vec<&JoinHandle<VcpuFd>> =
+            threads.iter().filter(|t| !t.is_finished()).collect();
         if running.is_empty() {
             break;
         }
@@ -441,7 +694,5 @@ fn stop_threads(threads: Vec<JoinHandle<()>>) {
         }
         std::thread::sleep(Duration::from_micros(200));
     }
-    for t in threads {
-        let _ = t.join();
-    }
+    threads.into_iter().filter_map(|t| t.join().ok()).collect()
 }

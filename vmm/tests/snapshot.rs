@@ -79,7 +79,7 @@ fn a_vcpu_restored_in_a_new_vm_goes_on_where_it_stopped() -> TestResult {
     // memory through a file, zero pages left as holes.
     let state = VcpuState::decode(&saved.encode())?;
     let file = tempfile::tempfile()?;
-    let written = memory::save(&mem, &file)?;
+    let written = memory::save(&mem, &file, &[(0, SIZE as u64)])?;
     assert_eq!(written.len, SIZE as u64);
     assert_eq!(written.pages, 1, "only the code page is not zero");
     assert!(

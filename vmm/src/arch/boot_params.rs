@@ -39,6 +39,12 @@ const SETUP_RNG_SEED: u32 = 9;
 /// A fresh seed from the host's generator.
 pub fn rng_seed() -> Result<[u8; RNG_SEED_LEN], Error> {
     let mut seed = [0u8; RNG_SEED_LEN];
+    fill_random(&mut seed)?;
+    Ok(seed)
+}
+
+/// Fills `seed` from the host's generator (`getrandom`).
+pub fn fill_random(seed: &mut [u8]) -> Result<(), Error> {
     let mut got = 0;
     while got < seed.len() {
         let rest = &mut seed[got..];
@@ -54,7 +60,7 @@ pub fn rng_seed() -> Result<[u8; RNG_SEED_LEN], Error> {
             }
         }
     }
-    Ok(seed)
+    Ok(())
 }
 
 /// The `setup_data` entry carrying `seed`: next (none), type, length, bytes.
@@ -87,14 +93,14 @@ fn add_e820(p: &mut boot_params, addr: u64, size: u64, kind: u32) -> Result<(), 
 
 /// Writes the zero page for RAM `regions`, a command line of `cmdline_len`
 /// bytes (with its NUL), an optional initrd `(address, size)`, an optional
-/// pmem range `(address, size)` and the RNG `seed` (in `setup_data`).
+/// pmem ranges `(address, size)` (the root disk, the mailbox) and the RNG `seed` (in `setup_data`).
 pub fn write(
     mem: &GuestMemoryMmap,
     header: Option<setup_header>,
     cmdline_len: usize,
     initrd: Option<(u64, u64)>,
     regions: &[(u64, u64)],
-    pmem: Option<(u64, u64)>,
+    pmem: &[(u64, u64)],
     seed: &[u8; RNG_SEED_LEN],
 ) -> Result<(), Error> {
     let mut p = boot_params::default();
@@ -125,7 +131,7 @@ pub fn write(
             add_e820(&mut p, start, size, E820_RAM)?;
         }
     }
-    if let Some((start, size)) = pmem {
+    for &(start, size) in pmem {
         add_e820(&mut p, start, size, E820_PRAM)?;
     }
     LinuxBootConfigurator::write_bootparams::<GuestMemoryMmap>(
@@ -150,7 +156,7 @@ mod tests {
             10,
             None,
             &[(0, 16 << 20)],
-            Some((4 << 30, 2 << 20)),
+            &[(4 << 30, 2 << 20)],
             &seed,
         )?;
         let p: boot_params = mem.read_obj(GuestAddress(ZERO_PAGE))?;

@@ -145,6 +145,25 @@ impl Ioapic {
         }
     }
 
+    /// The registers, for a snapshot: the ID register, IOREGSEL and the
+    /// redirection table.
+    pub fn state(&self) -> (u32, u32, [u64; PINS]) {
+        (self.id, self.select, self.entries)
+    }
+
+    /// An I/O APIC with the registers of [`state`](Self::state), masked to
+    /// what a guest could have written; its routes are [`routes`](Self::routes).
+    pub fn from_state(id: u32, select: u32, entries: [u64; PINS]) -> Self {
+        let mut io = Self {
+            id: id & 0x0f00_0000,
+            select: select & 0xff,
+            entries: entries.map(|e| e & WRITABLE),
+            routes: Vec::new(),
+        };
+        io.routes = io.routes();
+        io
+    }
+
     /// An MSI route for each unmasked pin.
     pub fn routes(&self) -> Vec<Route> {
         self.entries

@@ -60,6 +60,51 @@ impl Devices {
         }
     }
 
+    /// Does `at_ready` at the guest's ready mark.
+    pub fn with_ready(mut self, at_ready: ports::AtReady) -> Self {
+        self.ports = self.ports.with_ready(at_ready);
+        self
+    }
+
+    /// Devices restored from a snapshot: the UART's registers from `serial`.
+    pub fn restored(
+        serial_irq: EventFd,
+        console: serial::Console,
+        serial: &vm_superio::serial::SerialState,
+        stop: Sender<Event>,
+        start: Instant,
+    ) -> Result<Self, String> {
+        let uart = serial::Serial::from_state(
+            serial,
+            serial::IrqLine::new(serial_irq),
+            vm_superio::serial::NoEvents,
+            console,
+        )
+        .map_err(|e| format!("the serial port's state: {e:?}"))?;
+        Ok(Self {
+            serial: Mutex::new(uart),
+            i8042: Mutex::new(i8042::new(stop.clone())),
+            ports: ports::Ports::new(stop, start),
+            ioapic: None,
+        })
+    }
+
+    /// The state a snapshot keeps: the UART's registers and FIFO, and the
+    /// I/O APIC's (when there is one).
+    pub fn state(
+        &self,
+    ) -> (
+        vm_superio::serial::SerialState,
+        Option<(u32, u32, [u64; ioapic::PINS])>,
+    ) {
+        let serial = self.serial.lock().map(|s| s.state()).unwrap_or_default();
+        let io = self
+            .ioapic
+            .as_ref()
+            .and_then(|(io, _)| io.lock().ok().map(|io| io.state()));
+        (serial, io)
+    }
+
     /// Adds an I/O APIC in the VMM (for the split irqchip) whose routes
     /// `install` hands to KVM.
     pub fn with_ioapic(mut self, ioapic: ioapic::Ioapic, install: RouteInstaller) -> Self {
@@ -102,8 +147,9 @@ impl Devices {
         }
     }
 
-    /// A guest `out` to `port`.
-    pub fn write(&self, port: u16, data: &[u8]) {
+    /// A guest `out` to `port`; true if the vCPU must stop here (the
+    /// ready mark of a run that takes a snapshot).
+    pub fn write(&self, port: u16, data: &[u8]) -> bool {
         match port {
             SERIAL_BASE..=SERIAL_END => {
                 if let (Some(&b), Ok(mut s)) = (data.first(), self.serial.lock()) {
@@ -117,9 +163,10 @@ impl Devices {
                     let _ = d.write((port - 0x60) as u8, b);
                 }
             }
-            EXIT_PORT | BOOT_TIMER_PORT => self.ports.write(port, data),
+            EXIT_PORT | BOOT_TIMER_PORT => return self.ports.write(port, data),
             _ => {}
         }
+        false
     }
 
     /// A guest `in` from `port`.

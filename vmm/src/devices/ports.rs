@@ -22,6 +22,21 @@ pub const EXIT_PORT: u16 = 0x501;
 /// The boot-timer port.
 pub const BOOT_TIMER_PORT: u16 = 0x502;
 
+/// The mark guest init writes when it is ready for a workload: nothing of
+/// the run is in the guest yet, so the VMM may snapshot it here, and the
+/// run's data (the mailbox) is delivered now.
+pub const MARK_READY: u8 = 3;
+
+/// What the VMM does at the ready mark.
+pub enum AtReady {
+    /// Nothing (no mailbox).
+    Nothing,
+    /// Fill the mailbox (once); the error says what failed.
+    Deliver(Box<dyn Fn() -> Result<(), String> + Send + Sync>),
+    /// Stop the vCPU that wrote the mark and ask for a snapshot (once).
+    Pause,
+}
+
 /// A boot timer mark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Mark {
@@ -39,6 +54,8 @@ pub struct Ports {
     stop: Sender<Event>,
     start: Instant,
     marks: Mutex<Vec<Mark>>,
+    at_ready: AtReady,
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Ports {
@@ -48,11 +65,20 @@ impl Ports {
             stop,
             start,
             marks: Mutex::new(Vec::new()),
+            at_ready: AtReady::Nothing,
+            ready: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
-    /// A guest write.
-    pub fn write(&self, port: u16, data: &[u8]) {
+    /// Does `at_ready` at the guest's (first) ready mark.
+    pub fn with_ready(mut self, at_ready: AtReady) -> Self {
+        self.at_ready = at_ready;
+        self
+    }
+
+    /// A guest write; true if the vCPU that made it must stop here (for a
+    /// snapshot).
+    pub fn write(&self, port: u16, data: &[u8]) -> bool {
         match port {
             EXIT_PORT => {
                 let mut b = [0u8; 4];
@@ -61,7 +87,10 @@ impl Ports {
                 let _ = self.stop.send(Event::Exited(i32::from_le_bytes(b)));
             }
             BOOT_TIMER_PORT => {
-                if let (Some(&id), Ok(mut m)) = (data.first(), self.marks.lock()) {
+                let Some(&id) = data.first() else {
+                    return false;
+                };
+                if let Ok(mut m) = self.marks.lock() {
                     if m.len() < MAX_MARKS {
                         m.push(Mark {
                             id,
@@ -69,8 +98,30 @@ impl Ports {
                         });
                     }
                 }
+                if id == MARK_READY && !self.ready.swap(true, std::sync::atomic::Ordering::AcqRel) {
+                    return self.ready();
+                }
             }
             _ => {}
+        }
+        false
+    }
+
+    fn ready(&self) -> bool {
+        match &self.at_ready {
+            AtReady::Nothing => false,
+            AtReady::Deliver(fill) => {
+                if let Err(e) = fill() {
+                    let _ = self
+                        .stop
+                        .send(Event::Failed(0, format!("the mailbox: {e}")));
+                }
+                false
+            }
+            AtReady::Pause => {
+                let _ = self.stop.send(Event::Ready);
+                true
+            }
         }
     }
 

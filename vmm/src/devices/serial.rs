@@ -16,6 +16,13 @@ use vmm_sys_util::eventfd::EventFd;
 /// The serial port's interrupt line.
 pub struct IrqLine(EventFd);
 
+impl IrqLine {
+    /// The line that signals `irq`.
+    pub fn new(irq: EventFd) -> Self {
+        Self(irq)
+    }
+}
+
 impl Trigger for IrqLine {
     type E = io::Error;
     fn trigger(&self) -> io::Result<()> {

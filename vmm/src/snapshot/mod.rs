@@ -12,7 +12,9 @@
 //! clock, our devices, the snapshot cache and `twinbox run` come next
 //! (issue 14).
 
+pub mod dir;
 pub mod file;
+pub mod machine;
 pub mod memory;
 pub mod vcpu;
 

@@ -265,7 +265,7 @@ fn bad(tag: u32, why: String) -> Error {
 }
 
 /// One KVM structure from exactly its size in bytes.
-fn fixed<T: FromBytes>(tag: u32, bytes: &[u8]) -> Result<T, Error> {
+pub(crate) fn fixed<T: FromBytes>(tag: u32, bytes: &[u8]) -> Result<T, Error> {
     T::read_from_bytes(bytes).map_err(|_| {
         bad(
             tag,
@@ -295,13 +295,13 @@ fn msrs(bytes: &[u8]) -> Result<Vec<(u32, u64)>, Error> {
 }
 
 /// A cursor over untrusted bytes.
-struct Reader<'a> {
-    data: &'a [u8],
-    at: usize,
+pub(crate) struct Reader<'a> {
+    pub(crate) data: &'a [u8],
+    pub(crate) at: usize,
 }
 
 impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
         let end = self.at.checked_add(n).ok_or(Error::Truncated(self.at))?;
         let bytes = self
             .data
@@ -310,10 +310,15 @@ impl<'a> Reader<'a> {
         self.at = end;
         Ok(bytes)
     }
-    fn u32(&mut self) -> Result<u32, Error> {
+    pub(crate) fn u32(&mut self) -> Result<u32, Error> {
         let mut b = [0u8; 4];
         b.copy_from_slice(self.take(4)?);
         Ok(u32::from_le_bytes(b))
+    }
+    pub(crate) fn u64(&mut self) -> Result<u64, Error> {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(b))
     }
 }
 
