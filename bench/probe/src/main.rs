@@ -8,7 +8,11 @@
 //! `twinbox-probe [--canary PATH]` prints the report (with `--canary`, also
 //! whether a host file the benchmark placed is visible);
 //! `twinbox-probe syscalls` prints only the attempts; `twinbox-probe speed
-//! cpu|syscall|memory|io` runs one micro-workload and prints its time.
+//! cpu|syscall|memory|io` runs one micro-workload and prints its time;
+//! `twinbox-probe random` prints one line, `urandom=<64 hex> getrandom=<64
+//! hex>`: 32 bytes from /dev/urandom and 32 from getrandom(2), so that the
+//! host can check that guests restored from one snapshot do not share
+//! random state (exit 1 if either source fails).
 
 mod attempts;
 mod speed;
@@ -127,9 +131,55 @@ fn report() -> Value {
     Value::Object(m)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// 32 bytes from /dev/urandom and 32 from getrandom(2) (flags 0).
+fn random_bytes() -> Result<([u8; 32], [u8; 32]), String> {
+    use std::io::Read;
+    let mut urandom = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut urandom))
+        .map_err(|e| format!("reading /dev/urandom: {e}"))?;
+    let mut getrandom = [0u8; 32];
+    let mut done = 0;
+    while done < getrandom.len() {
+        let rest = &mut getrandom[done..];
+        // SAFETY: the pointer and length describe the unfilled part of the
+        // array we own.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(format!("getrandom: {e}"));
+        }
+        done += n as usize;
+    }
+    Ok((urandom, getrandom))
+}
+
+/// The `random` subcommand's line.
+fn random_line() -> Result<String, String> {
+    let (u, g) = random_bytes()?;
+    Ok(format!("urandom={} getrandom={}", hex(&u), hex(&g)))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let v = match args.first().map(String::as_str) {
+        Some("random") => match random_line() {
+            Ok(line) => {
+                println!("{line}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("twinbox-probe: {e}");
+                std::process::exit(1);
+            }
+        },
         Some("syscalls") => syscalls::all(),
         Some("speed") => match speed::run(args.get(1).map_or("", String::as_str)) {
             Ok(v) => v,
@@ -147,4 +197,32 @@ fn main() {
         _ => report(),
     };
     println!("{v}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_lines_differ_and_have_the_right_shape() {
+        let (a, b) = match (random_line(), random_line()) {
+            (Ok(a), Ok(b)) => (a, b),
+            (a, b) => panic!("{a:?} {b:?}"),
+        };
+        assert_ne!(a, b);
+        for line in [&a, &b] {
+            let fields: Vec<&str> = line.split(' ').collect();
+            assert_eq!(fields.len(), 2, "{line}");
+            let u = fields[0].strip_prefix("urandom=").unwrap_or_default();
+            let g = fields[1].strip_prefix("getrandom=").unwrap_or_default();
+            for h in [u, g] {
+                assert_eq!(h.len(), 64, "{line}");
+                assert!(h
+                    .bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            }
+            assert_ne!(u, g);
+        }
+        assert_eq!(hex(&[0, 0xab, 0x0f]), "00ab0f");
+    }
 }

@@ -1,25 +1,46 @@
 //! twinbox-init: PID 1 of twinbox's Linux guests, a small static binary.
 //!
-//! It reads the workload spec packed beside it (`/.twinbox/spec.json`);
-//! when the spec names a root disk (the VMM's pmem), mounts it read-only
-//! with a tmpfs overlay on top and moves into it; mounts /proc, /sys, /dev
-//! (devtmpfs), /dev/pts and /dev/shm, sets the
-//! hostname, writes boot timer mark 1 (init started) and mark 2 (workload
-//! about to start), runs the workload with stdin on /dev/null and
-//! stdout/stderr on the console, reaps every zombie while it runs, and
-//! reports the workload's status (128 + N for death by signal N; 127 when the
-//! program is not found, 126 when it cannot be executed, 125 when init itself
-//! fails) on the VMM's exit port, then powers off. No shell, no busybox.
+//! Two flows, chosen by the files packed beside init:
+//!
+//! - **Mailbox (warm start)**, when `/.twinbox/boot.json` exists: it names
+//!   the root disk (the VMM's pmem, e.g. `/dev/pmem0`) and the mailbox
+//!   (a second pmem, `/dev/pmem1`). Init waits for both device nodes (the
+//!   nvdimm bus registers them asynchronously), enters the root disk, does
+//!   the mounts, and writes boot timer mark 3 (ready): the VMM may snapshot
+//!   the guest there, and every later run is restored from that point, so
+//!   nothing of a run is in the guest before it. The VMM then fills the
+//!   mailbox; init reads it with `O_DIRECT` (past any page cache from
+//!   before the snapshot), sets the wall clock to the host's, mixes the
+//!   host's entropy into the kernel RNG and rekeys the CRNG (clones of one
+//!   snapshot must not share random state; a failure here is init's), and
+//!   takes the run spec from the mailbox's payload (its `root` ignored).
+//!   A boot file with an empty `mailbox` takes the spec from
+//!   `/.twinbox/spec.json` instead, read before the root disk is entered.
+//! - **Legacy**, otherwise: the whole spec is `/.twinbox/spec.json`, its
+//!   `root` naming the root disk; the same steps without a mailbox (mark 3
+//!   is still written, at the same point).
+//!
+//! Entering the root disk mounts it read-only with a tmpfs overlay on top
+//! and moves into it, taking /dev (devtmpfs) along, so the mailbox node
+//! keeps its path. Then init mounts /proc, /sys, /dev/pts and /dev/shm,
+//! and, once it has the spec, sets the hostname, writes boot timer mark 2
+//! (workload about to start; mark 1, init started, comes first of all),
+//! runs the workload with stdin on /dev/null and stdout/stderr on the
+//! console, reaps every zombie while it runs, and reports the workload's
+//! status (128 + N for death by signal N; 127 when the program is not
+//! found, 126 when it cannot be executed, 125 when init itself fails) on
+//! the VMM's exit port, then powers off. No shell, no busybox.
 
+mod mailbox;
 mod port;
 mod spec;
 
 use std::ffi::CString;
 
-use spec::Spec;
+use spec::{Boot, Spec};
 
-/// Longest wait for the root disk's device node (boots under an emulating
-/// hypervisor are slow).
+/// Longest wait for the root disk's and the mailbox's device nodes (boots
+/// under an emulating hypervisor are slow).
 const DISK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Init's own failure, as Docker reports a runtime error.
@@ -69,9 +90,26 @@ fn raw_newlines() {
     }
 }
 
-/// Mounts `disk` (ext4, read-only) with a tmpfs overlay on top and makes
-/// that the root, keeping /dev. The old root (the initramfs, only init and
-/// the spec) stays underneath, unreachable.
+/// Waits for each of `nodes` (device paths; empty ones are skipped) to
+/// exist: the nvdimm bus registers its devices asynchronously, in a domain
+/// the kernel does not wait for before it starts init.
+fn wait_for_nodes(nodes: &[&str]) -> Result<(), String> {
+    let start = std::time::Instant::now();
+    for node in nodes.iter().filter(|n| !n.is_empty()) {
+        while !std::path::Path::new(node).exists() {
+            if start.elapsed() > DISK_WAIT {
+                return Err(format!("{node} did not appear within {DISK_WAIT:?}"));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+    Ok(())
+}
+
+/// Mounts `disk` (ext4, read-only; its node exists) with a tmpfs overlay
+/// on top and makes that the root, keeping /dev (moved, so every device
+/// node keeps its path). The old root (the initramfs: init and its boot
+/// or spec file) stays underneath, unreachable.
 fn enter_root_disk(disk: &str) -> Result<(), String> {
     let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
     let mount_or = |src: &str, dst: &str, fs: &str, flags, data: &str| -> Result<(), String> {
@@ -85,15 +123,6 @@ fn enter_root_disk(disk: &str) -> Result<(), String> {
             _ => Err(os(&format!("mounting {src} on {dst}"))),
         }
     };
-    // The nvdimm bus registers its devices asynchronously, in a domain the
-    // kernel does not wait for before it starts init: wait for the node.
-    let start = std::time::Instant::now();
-    while !std::path::Path::new(disk).exists() {
-        if start.elapsed() > DISK_WAIT {
-            return Err(format!("{disk} did not appear within {DISK_WAIT:?}"));
-        }
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
     mount_or(disk, "/.twinbox/lower", "ext4", libc::MS_RDONLY, "")?;
     mount_or("tmpfs", "/.twinbox/rw", "tmpfs", 0, "mode=0755")?;
     for d in ["/.twinbox/rw/upper", "/.twinbox/rw/work"] {
@@ -132,11 +161,71 @@ fn enter_root_disk(disk: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn run() -> Result<i32, String> {
+/// Reads each of `paths` to its end (into the page cache; the bytes are
+/// dropped). A path that cannot be read is skipped: preloading only saves
+/// time.
+fn preload(paths: &[String]) {
+    let mut buf = vec![0u8; 1 << 20];
+    for p in paths {
+        if let Ok(mut f) = std::fs::File::open(p) {
+            while matches!(std::io::Read::read(&mut f, &mut buf), Ok(n) if n > 0) {}
+        }
+    }
+}
+
+/// Where the run's spec comes from.
+enum Source {
+    /// Read before the ready mark (the legacy spec file, or a boot file
+    /// without a mailbox).
+    Packed(Spec),
+    /// The mailbox device at this path, read after the ready mark.
+    Mailbox(String),
+}
+
+fn read_spec_file() -> Result<Spec, String> {
     let text = std::fs::read(spec::PATH).map_err(|e| format!("reading {}: {e}", spec::PATH))?;
-    let spec = Spec::parse(&text)?;
-    if !spec.root.is_empty() {
-        enter_root_disk(&spec.root)?;
+    Spec::parse(&text)
+}
+
+/// What init knows before the ready mark: the root disk, where the spec
+/// comes from, and what to preload.
+fn boot_config() -> Result<(String, Source, Vec<String>), String> {
+    let boot = match std::fs::read(spec::BOOT_PATH) {
+        Ok(text) => Boot::parse(&text)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let spec = read_spec_file()?;
+            return Ok((spec.root.clone(), Source::Packed(spec), Vec::new()));
+        }
+        Err(e) => return Err(format!("reading {}: {e}", spec::BOOT_PATH)),
+    };
+    let source = if boot.mailbox.is_empty() {
+        // No mailbox: the spec is packed beside init (the root disk is the
+        // boot file's either way).
+        Source::Packed(read_spec_file()?)
+    } else {
+        Source::Mailbox(boot.mailbox)
+    };
+    Ok((boot.root, source, boot.preload))
+}
+
+/// Reads the mailbox and applies its clock and entropy; returns the spec.
+fn open_mailbox(path: &str) -> Result<Spec, String> {
+    let m = mailbox::read(path)?;
+    mailbox::set_clock(&m)?;
+    mailbox::reseed(&m)?;
+    Spec::parse(&m.payload)
+}
+
+fn run() -> Result<i32, String> {
+    let (root, source, preloads) = boot_config()?;
+    let mailbox_node = match &source {
+        Source::Mailbox(path) => path.as_str(),
+        Source::Packed(_) => "",
+    };
+    // Both nodes before the root disk: /dev moves along into it.
+    wait_for_nodes(&[&root, mailbox_node])?;
+    if !root.is_empty() {
+        enter_root_disk(&root)?;
     }
     let nodev = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
     mount("proc", "/proc", "proc", nodev, "");
@@ -150,6 +239,14 @@ fn run() -> Result<i32, String> {
     );
     mount("tmpfs", "/dev/shm", "tmpfs", nodev, "mode=1777");
     raw_newlines();
+    preload(&preloads);
+
+    // Nothing of the run is in the guest before this point.
+    port::mark(port::MARK_READY);
+    let spec = match source {
+        Source::Packed(spec) => spec,
+        Source::Mailbox(path) => open_mailbox(&path)?,
+    };
 
     if !spec.hostname.is_empty() {
         // SAFETY: the pointer and length describe the hostname's bytes.

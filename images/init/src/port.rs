@@ -22,6 +22,10 @@ pub const BOOT_TIMER: u16 = 0x502;
 pub const MARK_INIT: u8 = 1;
 /// Mark: the workload is about to be executed.
 pub const MARK_WORKLOAD: u8 = 2;
+/// Mark: init is ready for a workload: the VMM may snapshot the guest
+/// here; nothing of a run is in the guest before this point. (With a
+/// mailbox, the VMM fills it on this mark; init reads it right after.)
+pub const MARK_READY: u8 = 3;
 
 /// How the ports are reached.
 const OFF: i32 = -1;

@@ -1,5 +1,14 @@
-//! The workload spec the host packs beside init (`/.twinbox/spec.json`):
-//! what to run, with which environment, where and as whom.
+//! What init is told, in two files and one format:
+//!
+//! - the boot file packed beside init (`/.twinbox/boot.json`, [`Boot`]):
+//!   the root disk and the mailbox device, nothing of a run. With it, the
+//!   run's [`Spec`] arrives after the ready point, as the payload of the
+//!   mailbox (see `mailbox.rs`), so that one snapshot of a guest waiting
+//!   there can serve every later run;
+//! - without a boot file, the legacy flow: the whole workload spec packed
+//!   beside init (`/.twinbox/spec.json`), its `root` naming the root disk.
+//!
+//! A [`Spec`] says what to run, with which environment, where and as whom.
 
 use serde::{Deserialize, Serialize};
 
@@ -19,13 +28,44 @@ pub struct Spec {
     pub hostname: String,
     /// The image's root filesystem as a disk (`/dev/pmem0`, ext4), mounted
     /// read-only under a tmpfs overlay; empty when the image came in the
-    /// initramfs itself.
+    /// initramfs itself. Only the legacy flow reads it: with a boot file,
+    /// the root disk is the boot file's, and this is ignored.
     #[serde(default)]
     pub root: String,
 }
 
-/// Where the spec is in the guest.
+/// Where the spec is in the guest (the legacy flow).
 pub const PATH: &str = "/.twinbox/spec.json";
+
+/// Where the boot file is in the guest; its presence selects the mailbox
+/// flow.
+pub const BOOT_PATH: &str = "/.twinbox/boot.json";
+
+/// The boot file: what init needs before the ready point.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Boot {
+    /// The root disk's device node (`/dev/pmem0`); empty when the
+    /// initramfs is the root.
+    pub root: String,
+    /// The mailbox's device node (`/dev/pmem1`), read after the ready
+    /// mark; empty when there is none (then the spec is the initramfs's
+    /// `/.twinbox/spec.json`, read before the root disk is entered, and
+    /// the wall clock and the RNG are left as the kernel set them).
+    pub mailbox: String,
+    /// Files of the root to read once before the ready mark (the image's
+    /// own command and what it loads), so that a guest restored from a
+    /// snapshot finds them in its page cache instead of reading them from
+    /// the disk again, at the hypervisor's speed, in every run.
+    #[serde(default)]
+    pub preload: Vec<String>,
+}
+
+impl Boot {
+    /// Parses the boot file.
+    pub fn parse(text: &[u8]) -> Result<Self, String> {
+        serde_json::from_slice(text).map_err(|e| format!("bad boot file: {e}"))
+    }
+}
 
 impl Spec {
     /// Parses the spec.
@@ -103,6 +143,26 @@ mod tests {
         assert_eq!(resolve_user("nobody:5", PASSWD), Ok((65534, 5)));
         assert!(resolve_user("ghost", PASSWD).is_err());
         assert!(resolve_user("app:staff", PASSWD).is_err());
+    }
+
+    #[test]
+    fn boot_file_parses() {
+        let b = Boot::parse(br#"{"root":"/dev/pmem0","mailbox":"/dev/pmem1"}"#);
+        assert_eq!(
+            b,
+            Ok(Boot {
+                root: "/dev/pmem0".into(),
+                mailbox: "/dev/pmem1".into()
+            })
+        );
+        let empty = Boot::parse(br#"{"root":"","mailbox":""}"#);
+        assert_eq!(
+            empty.map(|b| b.root.is_empty() && b.mailbox.is_empty()),
+            Ok(true)
+        );
+        assert!(Boot::parse(br#"{"root":"/dev/pmem0"}"#).is_err());
+        assert!(Boot::parse(br#"{"root":1,"mailbox":""}"#).is_err());
+        assert!(Boot::parse(b"").is_err());
     }
 
     #[test]
