@@ -40,6 +40,43 @@ pub enum Command {
     /// outer machine with AMD SVM whose `kvm_amd` is the hardware path.
     #[command(subcommand)]
     Nested(NestedCommand),
+    /// Warm-start snapshots of booted VMs: make, list, remove.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `twinbox snapshot ...`
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Boot IMAGE's VM to the point where it is ready for a workload and
+    /// save it, so that `twinbox run --isolation vm IMAGE ...` with the same
+    /// memory and CPUs starts warm.
+    Make {
+        /// Guest memory (e.g. 256m, 1g), as `run -m` takes it.
+        #[arg(short, long, value_name = "SIZE")]
+        memory: Option<String>,
+        /// vCPUs, as `run --cpus` takes them.
+        #[arg(long, value_name = "N")]
+        cpus: Option<String>,
+        /// The image.
+        image: String,
+    },
+    /// List snapshots: size on disk and what each was made from.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove snapshots by id (or a unique prefix of one).
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// Snapshot ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+    /// Remove every snapshot (and what killed makers left).
+    Prune,
 }
 
 /// `twinbox nested ...`
@@ -371,6 +408,10 @@ pub struct RunArgs {
     /// Show the guest kernel's messages (VM mode).
     #[arg(long)]
     pub debug: bool,
+    /// Boot the VM instead of restoring it from a snapshot, and take none
+    /// (VM mode; warm start is the default).
+    #[arg(long)]
+    pub cold: bool,
     /// Profile the guest (VM mode): sample where each vCPU is every 10 ms
     /// and KVM's counters, and write a report naming the kernel functions
     /// (from the kernel's System.map) to FILE.

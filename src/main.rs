@@ -9,6 +9,7 @@ mod commands;
 mod host;
 mod nested;
 mod size;
+mod snapshots;
 mod subjects;
 mod workload;
 
@@ -54,5 +55,6 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Vmm(cmd) => commands::vmm::run(cmd),
         Command::Bench(args) => commands::bench::run(args).map(|()| 0),
         Command::Nested(cmd) => commands::nested::run(cmd),
+        Command::Snapshot(cmd) => commands::snapshot::run(&open_store, cmd).map(|()| 0),
     }
 }

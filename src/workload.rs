@@ -75,6 +75,10 @@ pub struct Workload {
     pub user: String,
     /// Limits.
     pub limits: Limits,
+    /// The image's own command (entrypoint and cmd) and its `PATH`: what a
+    /// VM snapshot of the image preloads.
+    #[serde(skip)]
+    pub image_command: (Vec<String>, String),
 }
 
 /// Smallest memory a box of each kind can work with.
@@ -241,6 +245,14 @@ pub fn resolve(store: &Store, args: &RunArgs) -> Result<Workload, Error> {
         },
         user: args.user.clone().unwrap_or_else(|| c.user.clone()),
         limits,
+        image_command: (
+            c.entrypoint.iter().chain(&c.cmd).cloned().collect(),
+            c.env
+                .iter()
+                .find_map(|e| e.strip_prefix("PATH="))
+                .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+                .to_string(),
+        ),
     })
 }
 

@@ -21,10 +21,12 @@ use anyhow::{bail, Context, Result};
 use twinbox_images::ext4;
 use twinbox_images::initramfs::{self, Newc};
 use twinbox_images::kernel;
+use twinbox_vmm::config::{Irqchip, Snapshot};
 use twinbox_vmm::profile::{Profile, Symbols};
-use twinbox_vmm::{vm, StopReason, VmConfig};
+use twinbox_vmm::{hypervisor, snapshot, vm, StopReason, VmConfig};
 
 use super::Backend;
+use crate::snapshots::{fingerprint, Key, Meta};
 use crate::workload::Workload;
 
 /// Guest memory when the workload sets none.
@@ -65,6 +67,8 @@ pub fn has_pmem_root(kernel: &Path) -> bool {
 pub struct VmBackend {
     /// Show the guest kernel's messages.
     pub debug: bool,
+    /// Boot, without a snapshot and without taking one (`--cold`).
+    pub cold: bool,
     /// Profile the guest and write the report here.
     pub profile: Option<PathBuf>,
 }
@@ -121,15 +125,21 @@ pub fn is_dynamic(path: &Path) -> Result<bool> {
     }))
 }
 
-/// Writes the per-run archive: init, spec, /dev/console.
-pub(crate) fn run_archive(out: File, init: &Path, spec: &[u8]) -> Result<()> {
+/// Where init finds the boot file (root disk and mailbox) in the archive.
+const BOOT_FILE: &[u8] = b".twinbox/boot.json";
+/// The mailbox's device in the guest ([`twinbox_vmm::mailbox`]).
+const MAILBOX_DISK: &str = "/dev/pmem1";
+
+/// Writes the per-run archive: init, `name` (the boot file or the spec)
+/// holding `data`, /dev/console.
+pub(crate) fn run_archive(out: File, init: &Path, name: &[u8], data: &[u8]) -> Result<()> {
     let mut init_file = File::open(init).with_context(|| format!("opening {}", init.display()))?;
     let init_len = u32::try_from(init_file.metadata()?.len()).context("init is too large")?;
     let mut cpio = Newc::new(BufWriter::new(out));
     cpio.dir(b".twinbox", 0o700, 0, 0)?;
     cpio.file(b".twinbox/init", 0o755, 0, 0, init_len, &mut init_file)?;
-    let spec_len = u32::try_from(spec.len()).context("spec is too large")?;
-    cpio.file(b".twinbox/spec.json", 0o600, 0, 0, spec_len, &mut &spec[..])?;
+    let len = u32::try_from(data.len()).context("spec is too large")?;
+    cpio.file(name, 0o600, 0, 0, len, &mut &data[..])?;
     cpio.dir(b"dev", 0o755, 0, 0)?;
     const S_IFCHR: u32 = 0o020000;
     cpio.node(b"dev/console", S_IFCHR | 0o600, 0, 0, (5, 1))?;
@@ -158,17 +168,20 @@ pub fn cmdline(debug: bool) -> String {
 /// about to start.
 const MARK_INIT: u8 = 1;
 const MARK_WORKLOAD: u8 = 2;
+const MARK_READY: u8 = twinbox_vmm::devices::ports::MARK_READY;
 
 /// Appends where a VM run's time went as one JSON line to `path` (set by
 /// `twinbox bench boot` through `$TWINBOX_TIMINGS`): the VMM's setup, the
 /// kernel (to init's first mark), init (to the workload's start), the
 /// workload and power-off (to the exit), the teardown; milliseconds from
 /// the start of the VM. A failure to record is not the run's failure.
-fn record_timings(path: &std::ffi::OsStr, o: &vm::Outcome, root: &str) {
+fn record_timings(path: &std::ffi::OsStr, o: &vm::Outcome, root: &str, start: &str) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let mark = |id| o.marks.iter().find(|m| m.id == id).map(|m| ms(m.at));
     let line = serde_json::json!({
         "root": root,
+        "start": start,
+        "ready_ms": mark(MARK_READY),
         "vcpus_started_ms": ms(o.timings.vcpus_started),
         "init_ms": mark(MARK_INIT),
         "workload_ms": mark(MARK_WORKLOAD),
@@ -182,8 +195,36 @@ fn record_timings(path: &std::ffi::OsStr, o: &vm::Outcome, root: &str) {
         .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{line}\n").as_bytes()));
 }
 
-impl Backend for VmBackend {
-    fn run(&self, w: &Workload) -> Result<i32> {
+/// A VM run made ready: its config, the snapshot key (when it can be
+/// warm), and the archive its initramfs ends with (kept open: the VMM reads
+/// it through /proc).
+pub struct Prepared {
+    /// The VM's configuration.
+    pub config: VmConfig,
+    /// The kernel.
+    pub kernel: PathBuf,
+    /// The root as "pmem" or "initramfs".
+    pub root: &'static str,
+    /// The snapshot key, when this run can be restored from a snapshot.
+    pub key: Option<Key>,
+    _archive: File,
+}
+
+/// Why a run cannot be warm, if it cannot.
+fn cold_because(pmem_root: bool, irqchip: Irqchip) -> Option<&'static str> {
+    if !pmem_root {
+        return Some("the kernel has no pmem root (needed for the mailbox)");
+    }
+    if irqchip != Irqchip::Split {
+        return Some("snapshots need the split irqchip");
+    }
+    None
+}
+
+impl VmBackend {
+    /// The VM for `w`: kernel, root disk (or initramfs), the run archive,
+    /// limits, and the snapshot key.
+    pub fn prepare(&self, w: &Workload) -> Result<Prepared> {
         let kernel_path = match std::env::var_os("TWINBOX_KERNEL") {
             Some(p) => PathBuf::from(p),
             None => {
@@ -219,8 +260,22 @@ impl Backend for VmBackend {
         // An unnamed file (O_TMPFILE): it is gone with the last descriptor,
         // even if this process is killed, so a run never leaves it behind.
         // The VMM reads it through /proc while `run_cpio` keeps it open.
+        // With a root disk, the archive holds nothing of the run (the spec
+        // comes through the mailbox after the ready mark): it is the same
+        // for every run, so a snapshot of the guest holds no run's data.
         let run_cpio = tempfile::tempfile().context("a temporary file for the run archive")?;
-        run_archive(run_cpio.try_clone()?, &init, &spec)?;
+        if pmem_root {
+            let (argv, path_var) = &w.image_command;
+            let boot = serde_json::to_vec(&serde_json::json!({
+                "root": ROOT_DISK,
+                "mailbox": MAILBOX_DISK,
+                "preload": super::preload::files(&w.rootfs, argv, path_var),
+            }))?;
+            run_archive(run_cpio.try_clone()?, &init, BOOT_FILE, &boot)?;
+            c.mailbox = Some(spec);
+        } else {
+            run_archive(run_cpio.try_clone()?, &init, b".twinbox/spec.json", &spec)?;
+        }
         c.initrd.push(PathBuf::from(format!(
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(&run_cpio)
@@ -235,12 +290,183 @@ impl Backend for VmBackend {
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!("TWINBOX_IRQCHIP: {e}"))?;
         }
-        let o = vm::run(&c, Box::new(std::io::stdout()))?;
-        if let (Some(out), Some(p)) = (&self.profile, &o.profile) {
-            write_profile(out, p, &kernel_path)?;
+        let why_cold = cold_because(pmem_root, c.irqchip);
+        if let (Some(why), false) = (why_cold, self.cold) {
+            eprintln!("twinbox: booting (no warm start: {why})");
+        }
+        let key = match (why_cold, self.cold) {
+            (None, false) => Some(snapshot_key(w, &c, &kernel_path, &init)?),
+            _ => None,
+        };
+        Ok(Prepared {
+            config: c,
+            kernel: kernel_path,
+            root: if pmem_root { "pmem" } else { "initramfs" },
+            key,
+            _archive: run_cpio,
+        })
+    }
+}
+
+/// The key of the snapshot a run of `w` with config `c` can use.
+fn snapshot_key(w: &Workload, c: &VmConfig, kernel: &Path, init: &Path) -> Result<Key> {
+    let exe = std::env::current_exe().context("finding twinbox's own binary")?;
+    let disk = c.pmem.as_deref().context("a warm run has a root disk")?;
+    Ok(Key::new(&[
+        (
+            "format",
+            format!(
+                "state {} machine {} vcpu {} mailbox {}",
+                snapshot::file::VERSION,
+                snapshot::machine::VERSION,
+                snapshot::vcpu::VERSION,
+                twinbox_vmm::mailbox::VERSION
+            ),
+        ),
+        (
+            "vmm",
+            format!("{} {}", env!("CARGO_PKG_VERSION"), fingerprint(&exe)?),
+        ),
+        ("hypervisor", format!("{:?}", hypervisor::detect_kind())),
+        ("kernel", fingerprint(kernel)?),
+        ("init", fingerprint(init)?),
+        ("image", w.image_id.clone()),
+        ("disk", fingerprint(disk)?),
+        ("cmdline", c.cmdline.clone()),
+        ("memory", c.memory.to_string()),
+        ("vcpus", c.vcpus.to_string()),
+    ]))
+}
+
+/// What a warm run did, for `twinbox bench` and the timings file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Booted, no snapshot involved.
+    Cold,
+    /// Booted to the ready mark, saved a snapshot, restored from it.
+    Made,
+    /// Restored from a snapshot that was there.
+    Warm,
+}
+
+impl Start {
+    fn name(self) -> &'static str {
+        match self {
+            Start::Cold => "cold",
+            Start::Made => "made",
+            Start::Warm => "warm",
+        }
+    }
+}
+
+/// Boots `p`'s guest to its ready mark and saves it as the snapshot of
+/// `key`; returns the entry's directory and how long the boot and the save
+/// took.
+pub fn make_snapshot(p: &Prepared, key: &Key, w: &Workload) -> Result<(PathBuf, f64, f64)> {
+    let mut c = p.config.clone();
+    c.snapshot = Snapshot::Take;
+    let t0 = std::time::Instant::now();
+    let o = vm::run(&c, Box::new(std::io::stdout()))?;
+    let boot_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let Some(mut captured) = o.captured else {
+        bail!(
+            "the guest stopped before it was ready for a snapshot: {:?}; last console output:\n{}",
+            o.reason,
+            o.console_tail
+        );
+    };
+    let tmp = crate::snapshots::temp(key)?;
+    let saved = snapshot::dir::save(&tmp, &key.text, &mut captured);
+    drop(captured);
+    let saved = match saved {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = crate::snapshots::remove(&tmp);
+            return Err(e).context("saving the snapshot");
+        }
+    };
+    let meta = Meta {
+        image: w.image.clone(),
+        image_id: w.image_id.clone(),
+        kernel: p.kernel.display().to_string(),
+        memory: c.memory,
+        vcpus: c.vcpus,
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        save_ms: saved.took.as_secs_f64() * 1e3,
+        boot_ms,
+        key: key.text.clone(),
+    };
+    let dir = crate::snapshots::publish(&tmp, key, &meta)?;
+    Ok((dir, boot_ms, meta.save_ms))
+}
+
+impl VmBackend {
+    /// Runs `w`, warm when it can be: restored from its snapshot, or booted
+    /// to the ready mark, saved, then restored; a snapshot that cannot be
+    /// used is removed (with a one-line notice) and the run boots.
+    fn run_vm(&self, w: &Workload) -> Result<(vm::Outcome, Prepared, Start)> {
+        let p = self.prepare(w)?;
+        let Some(key) = p.key.clone() else {
+            let o = vm::run(&p.config, Box::new(std::io::stdout()))?;
+            return Ok((o, p, Start::Cold));
+        };
+        let t0 = std::time::Instant::now();
+        let mut start = Start::Warm;
+        let mut dir = crate::snapshots::entry(&key);
+        if !dir.is_dir() {
+            match make_snapshot(&p, &key, w) {
+                Ok((d, _, _)) => {
+                    dir = d;
+                    start = Start::Made;
+                }
+                Err(e) => {
+                    eprintln!("twinbox: no snapshot ({e:#}); booting instead");
+                    let o = vm::run(&p.config, Box::new(std::io::stdout()))?;
+                    return Ok((o, p, Start::Cold));
+                }
+            }
+        }
+        let mut c = p.config.clone();
+        c.snapshot = Snapshot::Restore {
+            dir: dir.clone(),
+            key: key.text.clone(),
+        };
+        // The time limit is the run's, snapshot making included.
+        c.timeout = c.timeout.map(|t| t.saturating_sub(t0.elapsed()));
+        match vm::run(&c, Box::new(std::io::stdout())) {
+            Ok(o) => Ok((o, p, start)),
+            Err(e) => {
+                let unusable = matches!(e, vm::Error::Snapshot(_));
+                let why = format!("{:#}", anyhow::Error::from(e));
+                if unusable {
+                    let _ = crate::snapshots::remove(&dir);
+                    eprintln!(
+                        "twinbox: warning: snapshot {} is unusable ({why}); removed it, booting instead",
+                        key.hash()
+                    );
+                } else {
+                    eprintln!(
+                        "twinbox: warning: restoring snapshot {} failed ({why}); booting instead",
+                        key.hash()
+                    );
+                }
+                let o = vm::run(&p.config, Box::new(std::io::stdout()))?;
+                Ok((o, p, Start::Cold))
+            }
+        }
+    }
+}
+
+impl Backend for VmBackend {
+    fn run(&self, w: &Workload) -> Result<i32> {
+        let (o, p, start) = self.run_vm(w)?;
+        if let (Some(out), Some(prof)) = (&self.profile, &o.profile) {
+            write_profile(out, prof, &p.kernel)?;
         }
         if let Some(path) = std::env::var_os("TWINBOX_TIMINGS") {
-            record_timings(&path, &o, if pmem_root { "pmem" } else { "initramfs" });
+            record_timings(&path, &o, p.root, start.name());
         }
         match o.reason {
             StopReason::Exited(code) => Ok(code & 0xff),
@@ -303,7 +529,12 @@ mod tests {
         let init = dir.path().join("init");
         std::fs::write(&init, b"\x7fELF fake init")?;
         let out = dir.path().join("run.cpio");
-        run_archive(File::create(&out)?, &init, br#"{"argv":["true"]}"#)?;
+        run_archive(
+            File::create(&out)?,
+            &init,
+            b".twinbox/spec.json",
+            br#"{"argv":["true"]}"#,
+        )?;
         let listing = std::process::Command::new("sh")
             .arg("-c")
             .arg(format!("cpio -itv < {}", out.display()))

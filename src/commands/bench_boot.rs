@@ -60,7 +60,7 @@ fn qemu_command(
     let initrd = dir.join("qemu-initrd.cpio");
     let mut out = std::fs::File::create(&initrd)?;
     std::io::copy(&mut std::fs::File::open(&packed)?, &mut out)?;
-    run_archive(out, &init, &spec)?;
+    run_archive(out, &init, b".twinbox/spec.json", &spec)?;
     let mut c = Command::new(QEMU);
     c.args([
         "-M",

@@ -9,6 +9,7 @@ pub mod image;
 pub mod kernel;
 pub mod nested;
 pub mod run;
+pub mod snapshot;
 pub mod vmm;
 
 use indicatif::{ProgressBar, ProgressStyle};

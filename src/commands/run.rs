@@ -24,6 +24,7 @@ pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
         Isolation::Vm => {
             let code = VmBackend {
                 debug: args.debug,
+                cold: args.cold,
                 profile: args.profile.clone(),
             }
             .run(&w)?;
