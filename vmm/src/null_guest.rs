@@ -34,6 +34,10 @@ pub enum Program {
     /// offset outside its registers), and exit with the low byte read
     /// back: 0x31 from a working I/O APIC.
     Ioapic,
+    /// Set EBX to 40, write the ready mark (3) to the boot timer port,
+    /// add 2 to EBX and exit with it: 42 from a guest restored from a
+    /// snapshot taken at the mark (its registers came back), and
+    ReadyThenExit,
 }
 
 fn mov_dx(code: &mut Vec<u8>, port: u16) {
@@ -55,6 +59,18 @@ pub fn code(program: Program) -> Vec<u8> {
             mov_dx(&mut c, 0x501);
             c.push(0xb8); // mov eax, status
             c.extend_from_slice(&status.to_le_bytes());
+            c.push(0xef); // out dx, eax
+            mov_dx(&mut c, 0x64);
+            c.extend_from_slice(&[0xb0, 0xfe, 0xee]); // mov al, 0xfe; out dx, al
+            c.extend_from_slice(&[0xf4, 0xeb, 0xfd]); // hlt; jmp hlt
+        }
+        Program::ReadyThenExit => {
+            c.extend_from_slice(&[0xbb, 40, 0, 0, 0]); // mov ebx, 40
+            mov_dx(&mut c, 0x502);
+            c.extend_from_slice(&[0xb0, 0x03, 0xee]); // mov al, 3; out dx, al
+            c.extend_from_slice(&[0x83, 0xc3, 0x02]); // add ebx, 2
+            c.extend_from_slice(&[0x89, 0xd8]); // mov eax, ebx
+            mov_dx(&mut c, 0x501);
             c.push(0xef); // out dx, eax
             mov_dx(&mut c, 0x64);
             c.extend_from_slice(&[0xb0, 0xfe, 0xee]); // mov al, 0xfe; out dx, al

@@ -1,5 +1,5 @@
-//! Replays the fuzz corpora of `fuzz/fuzz_targets/vcpu_state.rs` and
-//! `snapshot_file.rs` (their seeds, among them a real vCPU's state, and
+//! Replays the fuzz corpora of `fuzz/fuzz_targets/vcpu_state.rs`,
+//! `snapshot_file.rs` and `machine_state.rs` (their seeds, among them a real vCPU's state, and
 //! whatever `cargo fuzz` has added) with the targets' properties: every
 //! input is refused cleanly or gives what encodes back to the same bytes.
 
@@ -56,6 +56,27 @@ fn the_snapshot_file_corpus_parses_or_fails_cleanly() -> Result<(), Box<dyn std:
     }
     assert!(
         parsed >= 3,
+        "only {parsed} of {} corpus files parse",
+        inputs.len()
+    );
+    Ok(())
+}
+
+#[test]
+fn the_machine_state_corpus_parses_or_fails_cleanly() -> Result<(), Box<dyn std::error::Error>> {
+    use twinbox_vmm::snapshot::machine::MachineState;
+    let inputs = corpus("machine_state")?;
+    let mut parsed = 0;
+    for data in &inputs {
+        if let Ok(state) = MachineState::decode(data) {
+            parsed += 1;
+            let again = state.encode();
+            assert_eq!(MachineState::decode(&again)?.encode(), again);
+        }
+    }
+    // Among the seeds: the states of real Linux guests saved on PVM.
+    assert!(
+        parsed >= 2,
         "only {parsed} of {} corpus files parse",
         inputs.len()
     );

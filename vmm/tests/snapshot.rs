@@ -1,7 +1,11 @@
 //! A vCPU's state saved in one VM and restored into a new one whose memory
 //! is the first one's saved to a file and mapped private: the guest goes
-//! on where it stopped, with its registers, and its writes stay its own. Runs on whatever /dev/kvm is (PVM here; nested SVM in
-//! the hardware-KVM test of tests/vm_linux.rs).
+//! on where it stopped, with its registers, and its writes stay its own.
+//! Then a whole machine (the null guest stopped at its ready mark, saved
+//! with `snapshot::dir`) restored by `vm::run`, and snapshots that are cut,
+//! changed, linked, shared or made for another machine refused. Runs on
+//! whatever /dev/kvm is (PVM here; nested SVM in the hardware-KVM test of
+//! tests/vm_linux.rs).
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -120,5 +124,177 @@ fn a_memory_file_shorter_than_its_layout_is_refused() -> TestResult {
         .err()
         .ok_or("a short file was mapped")?;
     assert!(e.to_string().contains("4096 bytes"), "{e}");
+    Ok(())
+}
+
+/// The null guest that stops at its ready mark, as a config.
+fn ready_guest(dir: &std::path::Path) -> Result<twinbox_vmm::VmConfig, Box<dyn std::error::Error>> {
+    let kernel = dir.join("ready-guest");
+    std::fs::write(
+        &kernel,
+        twinbox_vmm::null_guest::elf(twinbox_vmm::null_guest::Program::ReadyThenExit),
+    )?;
+    let mut c = twinbox_vmm::VmConfig::new(kernel);
+    c.memory = 32 << 20;
+    c.timeout = Some(std::time::Duration::from_secs(20));
+    Ok(c)
+}
+
+const KEY: &str = "the null guest, 32 MiB, 1 vCPU";
+
+/// Boots the ready guest to its mark and saves it in `dir/snap`.
+fn take(
+    c: &twinbox_vmm::VmConfig,
+    dir: &std::path::Path,
+) -> Result<std::path::PathBuf, Box<dyn std::error::Error>> {
+    use twinbox_vmm::config::Snapshot;
+    let mut take = c.clone();
+    take.snapshot = Snapshot::Take;
+    let o = twinbox_vmm::vm::run(&take, Box::new(std::io::sink()))?;
+    assert_eq!(
+        o.reason,
+        twinbox_vmm::StopReason::Ready,
+        "{}",
+        o.console_tail
+    );
+    let mut captured = o.captured.ok_or("no machine came back")?;
+    assert_eq!(captured.state.vcpus.len(), 1);
+    let snap = dir.join("snap");
+    std::fs::create_dir(&snap)?;
+    let saved = twinbox_vmm::snapshot::dir::save(&snap, KEY, &mut captured)?;
+    assert!(saved.pages > 0 && saved.disk_bytes > 0, "{saved:?}");
+    Ok(snap)
+}
+
+fn restore(
+    c: &twinbox_vmm::VmConfig,
+    snap: &std::path::Path,
+    key: &str,
+) -> Result<twinbox_vmm::Outcome, twinbox_vmm::vm::Error> {
+    let mut r = c.clone();
+    r.snapshot = twinbox_vmm::config::Snapshot::Restore {
+        dir: snap.to_path_buf(),
+        key: key.into(),
+    };
+    twinbox_vmm::vm::run(&r, Box::new(std::io::sink()))
+}
+
+#[test]
+fn a_machine_saved_at_its_ready_mark_goes_on_from_there_each_time_it_is_restored() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let c = ready_guest(dir.path())?;
+    let snap = take(&c, dir.path())?;
+    for name in ["state", "memory"] {
+        let mode = std::fs::metadata(snap.join(name))?.permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name} is not private");
+    }
+    // EBX was 40 at the mark; the restored guest adds 2 and exits with it.
+    for _ in 0..2 {
+        let o = restore(&c, &snap, KEY)?;
+        assert_eq!(
+            o.reason,
+            twinbox_vmm::StopReason::Exited(42),
+            "{}",
+            o.console_tail
+        );
+        // The VMM is up and the guest runs within a few ms of the start.
+        assert!(o.timings.vcpus_started < std::time::Duration::from_secs(1));
+        assert!(
+            o.marks.iter().all(|m| m.id != 1),
+            "the restored guest booted again"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn cut_changed_linked_shared_and_foreign_snapshots_are_refused() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let c = ready_guest(dir.path())?;
+    let good = take(&c, dir.path())?;
+    let case = |name: &str,
+                spoil: &dyn Fn(&std::path::Path) -> std::io::Result<()>,
+                c: &twinbox_vmm::VmConfig,
+                key: &str|
+     -> TestResult {
+        let snap = dir.path().join(name);
+        std::fs::create_dir(&snap)?;
+        for f in ["state", "memory"] {
+            std::fs::copy(good.join(f), snap.join(f))?;
+            std::fs::set_permissions(snap.join(f), std::fs::Permissions::from_mode(0o600))?;
+        }
+        spoil(&snap)?;
+        match restore(c, &snap, key) {
+            Err(twinbox_vmm::vm::Error::Snapshot(e)) => {
+                eprintln!("{name}: refused: {e}");
+                Ok(())
+            }
+            Err(e) => Err(format!("{name}: refused, but not as a snapshot error: {e}").into()),
+            Ok(o) => Err(format!("{name}: restored ({:?})", o.reason).into()),
+        }
+    };
+    let state_len = std::fs::metadata(good.join("state"))?.len();
+    case(
+        "cut state",
+        &|s| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(s.join("state"))?
+                .set_len(state_len / 2)
+        },
+        &c,
+        KEY,
+    )?;
+    case(
+        "flipped state",
+        &|s| {
+            let mut b = std::fs::read(s.join("state"))?;
+            let at = b.len() / 2;
+            b[at] ^= 0x5a;
+            std::fs::write(s.join("state"), b)
+        },
+        &c,
+        KEY,
+    )?;
+    case(
+        "symlinked state",
+        &|s| {
+            std::fs::rename(s.join("state"), s.join("real"))?;
+            std::os::unix::fs::symlink(s.join("real"), s.join("state"))
+        },
+        &c,
+        KEY,
+    )?;
+    case(
+        "world-writable memory",
+        &|s| std::fs::set_permissions(s.join("memory"), std::fs::Permissions::from_mode(0o666)),
+        &c,
+        KEY,
+    )?;
+    case(
+        "cut memory",
+        &|s| {
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(s.join("memory"))?
+                .set_len(4096)
+        },
+        &c,
+        KEY,
+    )?;
+    case("another key", &|_| Ok(()), &c, "another kernel")?;
+    let mut more = c.clone();
+    more.memory = 64 << 20;
+    case("another memory size", &|_| Ok(()), &more, KEY)?;
+    let mut two = c.clone();
+    two.vcpus = 2;
+    case("another vCPU count", &|_| Ok(()), &two, KEY)?;
+    // And the good one still restores.
+    assert_eq!(
+        restore(&c, &good, KEY)?.reason,
+        twinbox_vmm::StopReason::Exited(42)
+    );
     Ok(())
 }

@@ -78,8 +78,20 @@ pub fn save(dir: &Path, key: &str, captured: &mut Captured) -> Result<Saved, Err
     })
 }
 
-/// Reads the snapshot in `dir`, which must have been made for `key`.
+/// Reads the snapshot in `dir`, which must have been made for `key`: a
+/// real directory (not a symlink) of this user's that no one else may
+/// write to.
 pub fn load(dir: &Path, key: &str) -> Result<Loaded, Error> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(dir).map_err(io("reading the snapshot's directory"))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if !m.is_dir() || m.uid() != me || m.mode() & 0o022 != 0 {
+        return Err(Error::Snapshot(format!(
+            "{} is not a directory of this user's that only it may change",
+            dir.display()
+        )));
+    }
     let bytes = file::read(&dir.join(STATE), key)?;
     let state = MachineState::decode(&bytes)?;
     let memory = file::open_checked(&dir.join(MEMORY), crate::config::MAX_MEMORY)?;
