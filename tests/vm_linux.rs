@@ -9,6 +9,12 @@
 //! this very test binary into `twinbox nested run` and runs it there with
 //! `TWINBOX_TEST_HYPERVISOR=nested-svm`, which [`Where`] reads.
 //!
+//! Warm start is the default: the first run of a (image, memory, vCPUs)
+//! boots to init's ready mark, saves a snapshot and restores it; later
+//! runs restore. Most tests share one store and cache ([`shared`]), as
+//! runs on a user's machine share its snapshots; the tests of making,
+//! refusing and racing snapshots have their own.
+//!
 //! Skipped, with a message, only where the host has no /dev/kvm.
 
 mod common;
@@ -90,15 +96,89 @@ fn vm(env: &Env, kernel: &PathBuf, args: &[&str]) -> std::io::Result<Output> {
         .output()
 }
 
+/// A VM run, and how it started ("cold", "made" or "warm", from the
+/// timings line twinbox writes to `$TWINBOX_TIMINGS`).
+fn vm_started(
+    env: &Env,
+    kernel: &PathBuf,
+    args: &[&str],
+) -> Result<(Output, String), Box<dyn std::error::Error>> {
+    let timings = tempfile::NamedTempFile::new_in(env.path())?;
+    let out = Command::new(env!("CARGO_BIN_EXE_twinbox"))
+        .args(["run", "--isolation", "vm"])
+        .args(args)
+        .env("TWINBOX_HOME", env.home())
+        .env("TWINBOX_CACHE", env.cache())
+        .env("TWINBOX_KERNEL", kernel)
+        .env("TWINBOX_TIMINGS", timings.path())
+        .output()?;
+    let line = std::fs::read_to_string(timings.path())?;
+    let start = serde_json::from_str::<serde_json::Value>(line.trim())
+        .ok()
+        .and_then(|v| v["start"].as_str().map(String::from))
+        .unwrap_or_default();
+    Ok((out, start))
+}
+
+/// The published snapshots in `env`'s cache (not the temporaries).
+fn snapshots(env: &Env) -> Vec<PathBuf> {
+    common::entries(&env.cache().join("snapshots"))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        })
+        .collect()
+}
+
+/// The store and cache the warm tests of this process share (in cargo's
+/// target tmp dir, named with the pid; what dead runs left is removed).
+fn shared() -> Result<Option<(PathBuf, &'static Env)>, Box<dyn std::error::Error>> {
+    static SHARED: std::sync::OnceLock<Result<Option<(PathBuf, Env)>, String>> =
+        std::sync::OnceLock::new();
+    let got = SHARED.get_or_init(|| {
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(base).map_err(|e| e.to_string())?;
+        for e in common::entries(base).unwrap_or_default() {
+            let name = e.file_name().map(|n| n.to_string_lossy().into_owned());
+            let pid = name
+                .as_deref()
+                .and_then(|n| n.strip_prefix("vm_linux-"))
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(pid) = pid {
+                // SAFETY: kill with signal 0 only checks that the pid exists.
+                if unsafe { libc::kill(pid, 0) } != 0 {
+                    let _ = std::fs::remove_dir_all(&e);
+                }
+            }
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("vm_linux-{}-", std::process::id()))
+            .tempdir_in(base)
+            .map_err(|e| e.to_string())?;
+        setup_in(Env { dir }).map_err(|e| e.to_string())
+    });
+    match got {
+        Ok(Some((k, env))) => Ok(Some((k.clone(), env))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.clone().into()),
+    }
+}
+
 /// The guest kernel and an env holding the busybox base image; `None`
 /// (with a message) where the host has no /dev/kvm.
 fn setup() -> Result<Option<(PathBuf, Env)>, Box<dyn std::error::Error>> {
+    setup_in(Env::new())
+}
+
+fn setup_in(env: Env) -> Result<Option<(PathBuf, Env)>, Box<dyn std::error::Error>> {
     if !std::path::Path::new("/dev/kvm").exists() {
         eprintln!("skipped: this host has no /dev/kvm");
         return Ok(None);
     }
     let kernel = kernel()?;
-    let env = Env::new();
     match (Where::here(), std::env::var_os(STORE_VAR)) {
         // No apt in the outer machine: the host's store came along.
         (Where::NestedSvm, Some(store)) => common::copy_tree(
@@ -116,11 +196,11 @@ fn setup() -> Result<Option<(PathBuf, Env)>, Box<dyn std::error::Error>> {
 
 #[test]
 fn a_linux_workload_runs_and_its_status_output_and_memory_come_back() -> TestResult {
-    let Some((kernel, env)) = setup()? else {
+    let Some((kernel, env)) = shared()? else {
         return Ok(());
     };
     let out = vm(
-        &env,
+        env,
         &kernel,
         &[
             "-m",
@@ -166,17 +246,19 @@ fn a_linux_workload_runs_and_its_status_output_and_memory_come_back() -> TestRes
     let disks: Vec<PathBuf> = std::fs::read_dir(env.cache().join("ext4"))
         .map(|d| d.flatten().map(|e| e.path()).collect())
         .unwrap_or_default();
-    assert_eq!(disks.len(), 1, "one cached root disk: {disks:?}");
+    assert!(!disks.is_empty(), "no cached root disk");
     assert!(
         lines.iter().any(|l| l.starts_with("overlay / overlay ")),
         "{text}"
     );
-    let bytes = std::fs::read(&disks[0])?;
     let marker = b"twinbox-written-by-the-guest";
-    assert!(
-        !bytes.windows(marker.len()).any(|w| w == marker),
-        "the guest's write reached the cached disk image"
-    );
+    for disk in &disks {
+        let bytes = std::fs::read(disk)?;
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker),
+            "the guest's write reached the cached disk image"
+        );
+    }
     // The PVM-only boot parameters are there on PVM and nowhere else.
     let cmdline = lines
         .iter()
@@ -199,11 +281,11 @@ fn a_linux_workload_runs_and_its_status_output_and_memory_come_back() -> TestRes
 
 #[test]
 fn a_missing_command_gives_127_and_a_timeout_kills_the_guest() -> TestResult {
-    let Some((kernel, env)) = setup()? else {
+    let Some((kernel, env)) = shared()? else {
         return Ok(());
     };
     let out = vm(
-        &env,
+        env,
         &kernel,
         &["--timeout", "400s", "busybox", "no-such-command"],
     )?;
@@ -216,7 +298,7 @@ fn a_missing_command_gives_127_and_a_timeout_kills_the_guest() -> TestResult {
     );
     let t = std::time::Instant::now();
     let out = vm(
-        &env,
+        env,
         &kernel,
         &["--timeout", "3s", "busybox", "sleep", "1000"],
     )?;
@@ -228,13 +310,13 @@ fn a_missing_command_gives_127_and_a_timeout_kills_the_guest() -> TestResult {
 
 #[test]
 fn several_vcpus_give_the_guest_as_many_cpus() -> TestResult {
-    let Some((kernel, env)) = setup()? else {
+    let Some((kernel, env)) = shared()? else {
         return Ok(());
     };
     let n = Where::here().many_cpus();
     let cpus = n.to_string();
     let out = vm(
-        &env,
+        env,
         &kernel,
         &[
             "--cpus",
@@ -249,6 +331,17 @@ fn several_vcpus_give_the_guest_as_many_cpus() -> TestResult {
     )?;
     assert_eq!(code(&out), 0, "{}", stderr(&out));
     assert_eq!(stdout(&out), format!("{n}\n0-{}\n", n - 1));
+    // The vCPU count is in the snapshot's key: this run has its own.
+    let ls = env.run(&["snapshot", "ls", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&ls.stdout)?;
+    assert!(
+        listed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|l| l["meta"]["vcpus"].as_u64() == Some(u64::from(n))),
+        "no snapshot with {n} vCPUs: {listed}"
+    );
     Ok(())
 }
 
@@ -290,6 +383,261 @@ fn a_vm_run_killed_mid_boot_leaves_no_temporary_file() -> TestResult {
     child.wait()?;
     let left = common::entries(&tmp)?;
     assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
+    // It was making the snapshot: nothing a later run would use is there.
+    assert!(snapshots(&env).is_empty(), "{:?}", snapshots(&env));
+    Ok(())
+}
+
+/// The static isolation probe (`scripts/bootstrap` builds it beside the
+/// static init), for `getrandom` in the guest.
+fn static_binary(name: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let twinbox = PathBuf::from(env!("CARGO_BIN_EXE_twinbox"));
+    Ok(twinbox
+        .parent()
+        .ok_or("no target dir")?
+        .join("../x86_64-unknown-linux-gnu/release")
+        .join(name)
+        .canonicalize()
+        .map_err(|e| format!("no static {name} (run scripts/bootstrap): {e}"))?)
+}
+
+/// The busybox image with the probe in it, in `env`'s store.
+fn probe_image(env: &Env) -> Result<&'static str, Box<dyn std::error::Error>> {
+    const NAME: &str = "busybox-probe:test";
+    let probe = static_binary("twinbox-probe")?;
+    let store = twinbox_images::Store::open(&env.home())?;
+    let base = store.get(&twinbox_images::Reference::parse("busybox")?)?;
+    twinbox_images::derive::derive(&store, &base, NAME, &[("probe", probe.as_path(), 0o755)])?;
+    Ok(NAME)
+}
+
+#[test]
+fn a_restored_vm_does_everything_a_booted_one_does_and_clones_share_nothing() -> TestResult {
+    let Some((kernel, env)) = shared()? else {
+        return Ok(());
+    };
+    let image = probe_image(env)?;
+    // The first run makes the snapshot (or finds it); the rest restore it.
+    let (out, first) = vm_started(env, &kernel, &[image, "true"])?;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(first == "made" || first == "warm", "first run: {first:?}");
+    let warm = |args: &[&str]| -> Result<Output, Box<dyn std::error::Error>> {
+        let mut all = vec!["--timeout", "300s", image];
+        all.extend_from_slice(args);
+        let (out, start) = vm_started(env, &kernel, &all)?;
+        assert_eq!(start, "warm", "{args:?}: {}", stderr(&out));
+        Ok(out)
+    };
+
+    // Status, stdout and stderr apart, -e, -w, the hostname.
+    let mut all = vec!["-e", "FOO=bar baz", "-w", "/tmp", image];
+    all.extend_from_slice(&[
+        "sh",
+        "-c",
+        "echo \"$FOO\"; pwd; hostname; echo oops >&2; exit 3",
+    ]);
+    let (out, start) = vm_started(env, &kernel, &all)?;
+    assert_eq!(start, "warm");
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    // The guest's stderr shares its one console with stdout (until a
+    // virtio channel carries them apart): both come out, in order.
+    assert_eq!(stdout(&out), "bar baz\n/tmp\ntwinbox\noops\n");
+    // -u.
+    let (out, _) = vm_started(
+        env,
+        &kernel,
+        &["-u", "1000:1001", image, "sh", "-c", "id -u; id -g"],
+    )?;
+    assert_eq!(
+        (code(&out), stdout(&out)),
+        (0, "1000\n1001\n".into()),
+        "{}",
+        stderr(&out)
+    );
+    // Death by a signal is 128 + N; a missing program 127.
+    assert_eq!(code(&warm(&["sh", "-c", "kill -9 $$"])?), 137);
+    assert_eq!(code(&warm(&["sh", "-c", "kill -15 $$"])?), 143);
+    assert_eq!(code(&warm(&["no-such-program"])?), 127);
+
+    // The wall clock is the host's, not the snapshot's.
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let out = warm(&["date", "+%s"])?;
+    let after = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let guest: u64 = stdout(&out).trim().parse()?;
+    assert!(
+        guest + 2 >= before && guest <= after + 2,
+        "guest clock {guest}, host {before}..{after}"
+    );
+
+    // Two clones of one snapshot draw different random bytes, from
+    // /dev/urandom and from getrandom().
+    let a = stdout(&warm(&["/probe", "random"])?);
+    let b = stdout(&warm(&["/probe", "random"])?);
+    assert!(
+        a.starts_with("urandom=") && a.contains(" getrandom="),
+        "{a}"
+    );
+    let fields = |s: &str| -> Vec<String> { s.split_whitespace().map(String::from).collect() };
+    for (x, y) in fields(&a).iter().zip(fields(&b).iter()) {
+        assert_ne!(x, y, "two restored VMs drew the same bytes");
+    }
+
+    // A run's writes to its root are its own: not in the next run, not in
+    // the snapshot.
+    let marker = "twinbox-warm-run-wrote-this";
+    let out = warm(&["sh", "-c", &format!("echo {marker} > /etc/m && cat /etc/m")])?;
+    assert_eq!(stdout(&out).trim(), marker);
+    assert_eq!(
+        code(&warm(&["test", "!", "-e", "/etc/m"])?),
+        0,
+        "a write of one run reached the next"
+    );
+    for snap in snapshots(env) {
+        let mem = std::fs::read(snap.join("memory"))?;
+        assert!(
+            !mem.windows(marker.len()).any(|w| w == marker.as_bytes()),
+            "a run's write reached the snapshot"
+        );
+    }
+    Ok(())
+}
+
+/// Copies a snapshot directory, its memory file's holes kept.
+fn copy_snapshot(from: &Path, to: &Path) -> TestResult {
+    let st = Command::new("cp")
+        .args(["-a", "--sparse=always"])
+        .arg(from)
+        .arg(to)
+        .status()?;
+    assert!(st.success(), "cp {} {}", from.display(), to.display());
+    Ok(())
+}
+
+#[test]
+fn cold_runs_take_no_snapshot_and_bad_snapshots_are_removed_and_the_run_boots() -> TestResult {
+    use std::os::unix::fs::PermissionsExt;
+    let Some((kernel, env)) = setup()? else {
+        return Ok(());
+    };
+    let (out, start) = vm_started(&env, &kernel, &["--cold", "busybox", "true"])?;
+    assert_eq!(
+        (code(&out), start.as_str()),
+        (0, "cold"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(snapshots(&env).is_empty(), "--cold took a snapshot");
+    let (out, start) = vm_started(&env, &kernel, &["busybox", "true"])?;
+    assert_eq!(
+        (code(&out), start.as_str()),
+        (0, "made"),
+        "{}",
+        stderr(&out)
+    );
+    let made = snapshots(&env);
+    assert_eq!(made.len(), 1, "{made:?}");
+    let good = env.path().join("good-snapshot");
+    copy_snapshot(&made[0], &good)?;
+    let ls = stdout(&env.run(&["snapshot", "ls"]));
+    assert!(
+        ls.contains("busybox:latest") && ls.contains("256 MiB"),
+        "{ls}"
+    );
+
+    type Spoil = fn(&Path, &Path) -> std::io::Result<()>;
+    let cases: [(&str, Spoil); 3] = [
+        ("a flipped byte in the state", |dir, _| {
+            let p = dir.join("state");
+            let mut b = std::fs::read(&p)?;
+            let at = b.len() / 2;
+            b[at] ^= 0x01;
+            std::fs::write(&p, b)
+        }),
+        ("a world-writable memory file", |dir, _| {
+            std::fs::set_permissions(dir.join("memory"), std::fs::Permissions::from_mode(0o666))
+        }),
+        ("a symlink for the snapshot", |dir, good| {
+            std::fs::remove_dir_all(dir)?;
+            std::os::unix::fs::symlink(good, dir)
+        }),
+    ];
+    for (what, spoil) in cases {
+        let entry = &made[0];
+        let _ = std::fs::remove_dir_all(entry);
+        let _ = std::fs::remove_file(entry);
+        copy_snapshot(&good, entry)?;
+        spoil(entry, &good)?;
+        let (out, start) = vm_started(&env, &kernel, &["busybox", "echo", "still runs"])?;
+        let err = stderr(&out);
+        assert_eq!(code(&out), 0, "{what}: {err}");
+        assert_eq!(stdout(&out), "still runs\n", "{what}");
+        assert_eq!(start, "cold", "{what}: {err}");
+        let warnings: Vec<&str> = err.lines().filter(|l| l.contains("warning")).collect();
+        assert!(
+            warnings.len() == 1
+                && warnings[0].contains("unusable")
+                && warnings[0].contains("removed"),
+            "{what}: want one warning line: {err}"
+        );
+        assert!(
+            std::fs::symlink_metadata(entry).is_err(),
+            "{what}: the bad snapshot is still there"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn concurrent_first_runs_make_one_snapshot_and_clear_what_killed_makers_left() -> TestResult {
+    let Some((kernel, env)) = setup()? else {
+        return Ok(());
+    };
+    // What a maker killed long ago left (its pid is gone).
+    let stale = env
+        .cache()
+        .join("snapshots/.0123456789abcdef.tmp-999999999-0");
+    std::fs::create_dir_all(&stale)?;
+    std::fs::write(stale.join("memory"), b"half a snapshot")?;
+    let spawn = |word: &str| {
+        Command::new(env!("CARGO_BIN_EXE_twinbox"))
+            .args(["run", "--isolation", "vm", "busybox", "echo", word])
+            .env("TWINBOX_HOME", env.home())
+            .env("TWINBOX_CACHE", env.cache())
+            .env("TWINBOX_KERNEL", &kernel)
+            .output()
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| spawn("one"));
+        let b = s.spawn(|| spawn("two"));
+        (a.join(), b.join())
+    });
+    let (a, b) = (a.map_err(|_| "panicked")??, b.map_err(|_| "panicked")??);
+    assert_eq!(
+        (code(&a), stdout(&a)),
+        (0, "one\n".into()),
+        "{}",
+        stderr(&a)
+    );
+    assert_eq!(
+        (code(&b), stdout(&b)),
+        (0, "two\n".into()),
+        "{}",
+        stderr(&b)
+    );
+    let all = common::entries(&env.cache().join("snapshots"))?;
+    assert_eq!(all.len(), 1, "one snapshot and nothing else: {all:?}");
+    // And it is whole: a third run restores it.
+    let (out, start) = vm_started(&env, &kernel, &["busybox", "echo", "three"])?;
+    assert_eq!(
+        (code(&out), start.as_str()),
+        (0, "warm"),
+        "{}",
+        stderr(&out)
+    );
     Ok(())
 }
 
@@ -510,6 +858,7 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
         .join("../x86_64-unknown-linux-gnu/release/twinbox-init")
         .canonicalize()
         .map_err(|e| format!("no static twinbox-init (run scripts/bootstrap): {e}"))?;
+    let static_probe = static_binary("twinbox-probe")?;
     let env = Env::new();
     let built = env.run(&["image", "build-base"]);
     assert_eq!(code(&built), 0, "{}", stderr(&built));
@@ -517,6 +866,7 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
     let plan = serde_json::json!({
         "put": [
             {"host": me}, {"host": null_guest}, {"host": snapshot}, {"host": twinbox}, {"host": static_init},
+            {"host": static_probe},
             {"host": kernel_dir.join("vmlinux")}, {"host": kernel_dir.join("config")},
             {"host": kernel_dir.join("build.json")},
             {"host": env.home().join("images")},
@@ -529,7 +879,7 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
         ],
         "steps": [
             {"argv": [twinbox, "doctor"], "timeout_s": 30},
-            {"argv": [me, "--test-threads", "2", "--skip", ME, "--skip", PLAIN_X86], "timeout_s": 150},
+            {"argv": [me, "--test-threads", "2", "--skip", ME, "--skip", PLAIN_X86], "timeout_s": 300},
             {"argv": [null_guest, "--test-threads", "1"], "timeout_s": 60},
             {"argv": [snapshot], "timeout_s": 30},
         ],
