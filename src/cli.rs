@@ -199,9 +199,12 @@ pub enum BenchCommand {
 /// A Linux guest's boot: see `twinbox bench boot`.
 #[derive(Debug, Args)]
 pub struct BootBenchArgs {
-    /// Runs per root.
+    /// Runs per cold row (a boot each).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
+    /// Runs of the warm row (each restored from the snapshot made first).
+    #[arg(long, default_value_t = 20)]
+    pub warm_runs: usize,
     /// Which root: pmem, initramfs or both.
     #[arg(long, default_value = "both")]
     pub root: String,

@@ -185,12 +185,12 @@ pub fn markdown(r: &Results) -> String {
         }
         let _ = writeln!(
             t,
-            "\nDensity: K idle boxes at once; the drop of the host's MemAvailable per box (everything the kernel spends on them too), median of the repetitions and their range. Other activity moves MemAvailable by a few MiB, so small figures are noisy.\n\n| subject | boxes | MemAvailable drop per box (KiB, median) | range over repetitions (KiB) |\n|---|---|---|---|"
+            "\nDensity: K idle boxes at once; the drop of the host's MemAvailable per box (everything the kernel spends on them too), median of the repetitions and their range. Other activity moves MemAvailable by a few MiB, so small figures are noisy. MemAvailable counts page cache as free, so pages the boxes share from a file (a VM snapshot's memory file, mapped private) hardly move it: the PSS per box (every box's host processes, shared pages divided among them) says what they cost with those pages counted.\n\n| subject | boxes | MemAvailable drop per box (KiB, median) | range over repetitions (KiB) | PSS per box (KiB, median) |\n|---|---|---|---|---|"
         );
         for d in &mem.density {
             match &d.unavailable {
                 Some(w) => {
-                    let _ = writeln!(t, "| {} | - | not run: {w} | |", d.name);
+                    let _ = writeln!(t, "| {} | - | not run: {w} | | |", d.name);
                 }
                 None => {
                     let lo = d.per_box_kib.iter().copied().fold(f64::INFINITY, f64::min);
@@ -206,11 +206,12 @@ pub fn markdown(r: &Results) -> String {
                     };
                     let _ = writeln!(
                         t,
-                        "| {} | {} | {} | {} |",
+                        "| {} | {} | {} | {} | {} |",
                         d.name,
                         d.boxes,
                         kib(d.median_kib),
-                        range
+                        range,
+                        kib(d.pss_median_kib)
                     );
                 }
             }

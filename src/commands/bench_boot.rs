@@ -108,15 +108,35 @@ fn parse(line: &str, root: &str, wall_ms: f64) -> Option<Run> {
     let f = |k: &str| v[k].as_f64();
     let (setup, stopped) = (f("vcpus_started_ms")?, f("stopped_ms")?);
     let (init, workload) = (f("init_ms"), f("workload_ms"));
+    // A restored guest starts after init's ready mark: no kernel phase,
+    // and init's phase runs from the restore to the workload.
+    let warm = v["start"].as_str() == Some("warm");
     Some(Run {
         root: root.into(),
         wall_ms,
         setup_ms: Some(setup),
         kernel_ms: init.map(|i| i - setup),
-        init_ms: init.zip(workload).map(|(i, w)| w - i),
+        init_ms: match warm {
+            true => workload.map(|w| w - setup),
+            false => init.zip(workload).map(|(i, w)| w - i),
+        },
         workload_ms: workload.map(|w| stopped - w),
         exit_ms: stopped,
     })
+}
+
+/// The rows of a local run: how each boots (`--cold` or restored) and
+/// where the root comes from.
+fn local_rows(roots: &[&str]) -> Vec<(String, &'static str, bool)> {
+    let mut rows = Vec::new();
+    for root in roots {
+        let root: &'static str = if *root == "pmem" { "pmem" } else { "initramfs" };
+        rows.push((format!("cold ({root})"), root, true));
+        if root == "pmem" {
+            rows.push(("warm (pmem)".to_string(), root, false));
+        }
+    }
+    rows
 }
 
 fn p50(v: impl Iterator<Item = f64>) -> String {
@@ -152,6 +172,7 @@ fn nested_runs(
     );
     let root = if roots.len() > 1 { "both" } else { roots[0] };
     let runs = args.runs.to_string();
+    let warm_runs = args.warm_runs.to_string();
     let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
     let plan = Plan {
         put: put
@@ -169,6 +190,8 @@ fn nested_runs(
             "boot",
             "--runs",
             &runs,
+            "--warm-runs",
+            &warm_runs,
             "--root",
             root,
             "-m",
@@ -204,9 +227,59 @@ fn nested_runs(
     let mut runs: Vec<Run> =
         serde_json::from_str(json).context("the nested run's runs do not parse")?;
     for r in &mut runs {
-        r.root = format!("nested-svm ({})", r.root);
+        r.root = format!("nested-svm {}", r.root);
     }
     Ok((runs, report))
+}
+
+/// The warm row's snapshot: made, timed and sized.
+struct Made {
+    boot_ms: f64,
+    save_ms: f64,
+    disk_bytes: u64,
+}
+
+/// Makes the snapshot the warm runs restore (removing an old one of the
+/// same key first, so that its boot and save are measured here).
+fn make_snapshot(exe: &std::path::Path, args: &BootBenchArgs) -> Result<Made> {
+    let ls = || -> Result<serde_json::Value> {
+        let out = Command::new(exe).args(["snapshot", "ls", "--json"]).output()?;
+        Ok(serde_json::from_slice(&out.stdout)?)
+    };
+    let cmd = |extra: &[&str]| -> Result<std::process::Output> {
+        Ok(Command::new(exe)
+            .args(["snapshot", "make", "-m", &args.memory, "--cpus", "1"])
+            .args(extra)
+            .arg(&args.image)
+            .env("TWINBOX_VM_ROOT", "pmem")
+            .stdin(Stdio::null())
+            .output()?)
+    };
+    let out = cmd(&[])?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("twinbox snapshot make: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let id = text.split(|c: char| c == ':' || c.is_whitespace()).next().unwrap_or_default().to_string();
+    if text.contains("already made") {
+        let _ = Command::new(exe).args(["snapshot", "rm", &id]).output()?;
+        let again = cmd(&[])?;
+        if !again.status.success() {
+            bail!("twinbox snapshot make: {}", String::from_utf8_lossy(&again.stderr));
+        }
+    }
+    let listed = ls()?;
+    let entry = listed
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["id"].as_str() == Some(id.as_str()))
+        .context("the snapshot just made is not listed")?;
+    Ok(Made {
+        boot_ms: entry["meta"]["boot_ms"].as_f64().unwrap_or(f64::NAN),
+        save_ms: entry["meta"]["save_ms"].as_f64().unwrap_or(f64::NAN),
+        disk_bytes: entry["disk_bytes"].as_u64().unwrap_or(0),
+    })
 }
 
 /// Runs `twinbox bench boot`.
@@ -239,11 +312,22 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
         ),
         _ => None,
     };
+    let rows = local_rows(&roots);
+    // The warm row's snapshot, made (and timed) before any run.
+    let snapshot = match rows.iter().any(|r| !r.2) {
+        true => Some(make_snapshot(&exe, &args)?),
+        false => None,
+    };
     let pb = super::count_bar("bench boot");
-    pb.set_length((args.runs * (roots.len() + usize::from(qemu.is_some()))) as u64);
+    let per_round: usize = rows
+        .iter()
+        .map(|r| if r.2 { args.runs } else { args.warm_runs })
+        .sum::<usize>()
+        + args.runs * usize::from(qemu.is_some());
+    pb.set_length(per_round as u64);
     let mut runs = Vec::new();
-    for i in 0..args.runs {
-        if let Some(q) = qemu.as_mut() {
+    for i in 0..args.runs.max(args.warm_runs) {
+        if let (Some(q), true) = (qemu.as_mut(), i < args.runs) {
             pb.set_message(format!("QEMU TCG, run {}", i + 1));
             let start = Instant::now();
             let mut child = q
@@ -283,20 +367,28 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
             });
             pb.inc(1);
         }
-        for root in &roots {
-            pb.set_message(format!("{root}, run {}", i + 1));
-            let timings = dir.path().join(format!("{root}-{i}.jsonl"));
+        for (row, root, cold) in &rows {
+            let n = if *cold { args.runs } else { args.warm_runs };
+            if i >= n {
+                continue;
+            }
+            pb.set_message(format!("{row}, run {}", i + 1));
+            let timings = dir.path().join(format!("{root}-{cold}-{i}.jsonl"));
             let start = Instant::now();
-            let out = Command::new(&exe)
-                .args([
-                    "run",
-                    "--isolation",
-                    "vm",
-                    "-m",
-                    &args.memory,
-                    "--cpus",
-                    "1",
-                ])
+            let mut cmd = Command::new(&exe);
+            cmd.args([
+                "run",
+                "--isolation",
+                "vm",
+                "-m",
+                &args.memory,
+                "--cpus",
+                "1",
+            ]);
+            if *cold {
+                cmd.arg("--cold");
+            }
+            let out = cmd
                 .args(["--timeout", "600s", &args.image, "/bin/true"])
                 .env("TWINBOX_TIMINGS", &timings)
                 .env("TWINBOX_VM_ROOT", root)
@@ -306,15 +398,19 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
             let wall_ms = start.elapsed().as_secs_f64() * 1e3;
             if !out.status.success() {
                 bail!(
-                    "{root} run {} failed ({}): {}",
+                    "{row} run {} failed ({}): {}",
                     i + 1,
                     out.status,
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
             let line = std::fs::read_to_string(&timings).unwrap_or_default();
-            let run = parse(line.trim(), root, wall_ms)
-                .with_context(|| format!("{root} run {}: no timings recorded", i + 1))?;
+            let want = if *cold { "cold" } else { "warm" };
+            if !line.contains(&format!("\"start\":\"{want}\"")) {
+                bail!("{row} run {} did not start {want}: {line}", i + 1);
+            }
+            let run = parse(line.trim(), row, wall_ms)
+                .with_context(|| format!("{row} run {}: no timings recorded", i + 1))?;
             runs.push(run);
             pb.inc(1);
         }
@@ -345,16 +441,16 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
         kernel.dir.display(),
         twinbox_vmm::hypervisor::detect_kind(),
     );
-    println!("| root | runs | VMM setup | kernel (to init) | init (to workload) | workload + power-off | start to exit | wall (whole command) |");
+    println!("| boot (root) | runs | VMM setup | kernel (to init) | init (to workload) | workload + power-off | start to exit | wall (whole command) |");
     println!("|---|---|---|---|---|---|---|---|");
-    let mut rows: Vec<String> = roots.iter().map(|r| r.to_string()).collect();
+    let mut names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     if qemu.is_some() {
-        rows.push(QEMU_ROW.into());
+        names.push(QEMU_ROW.into());
     }
     if nested.is_some() {
-        rows.extend(roots.iter().map(|r| format!("nested-svm ({r})")));
+        names.extend(rows.iter().map(|r| format!("nested-svm {}", r.0)));
     }
-    for root in &rows {
+    for root in &names {
         let mine: Vec<&Run> = runs.iter().filter(|r| r.root == *root).collect();
         println!(
             "| {root} | {} | {} | {} | {} | {} | {} | {} |",
@@ -367,6 +463,39 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
             p50(mine.iter().map(|r| r.wall_ms)),
         );
     }
+    println!("\nStart to exit (the VMM's start to the workload's exit) and the whole command, p50 / p90 / p99, ms:\n");
+    println!("| boot (root) | runs | start to exit p50 | p90 | p99 | whole command p50 | p90 | p99 |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for root in &names {
+        let pick = |f: fn(&Run) -> f64| -> Vec<f64> {
+            runs.iter().filter(|r| r.root == *root).map(f).collect()
+        };
+        let (exit, wall) = (pick(|r| r.exit_ms), pick(|r| r.wall_ms));
+        let (Some(e), Some(w)) = (stats::summarize(&exit), stats::summarize(&wall)) else {
+            continue;
+        };
+        println!(
+            "| {root} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            e.n, e.p50, e.p90, e.p99, w.p50, w.p90, w.p99
+        );
+    }
+    if let Some(s) = &snapshot {
+        println!(
+            "\nThe warm row's snapshot (`twinbox snapshot make -m {} --cpus 1 {}`): the boot to init's ready mark took {:.1} s, saving it {:.0} ms; {} on disk (the memory file's zero pages are holes).",
+            args.memory,
+            args.image,
+            s.boot_ms / 1e3,
+            s.save_ms,
+            crate::size::human(s.disk_bytes)
+        );
+    }
+    let p50_of = |row: &str| {
+        let v: Vec<f64> = runs.iter().filter(|r| r.root == row).map(|r| r.exit_ms).collect();
+        stats::summarize(&v).map(|s| s.p50)
+    };
+    if let (Some(c), Some(w)) = (p50_of("cold (pmem)"), p50_of("warm (pmem)")) {
+        println!("\nwarm / cold, start to exit at p50: {:.3}x ({:.1}x faster).", w / c, c / w);
+    }
     let exit = |row: &str| {
         let v: Vec<f64> = runs
             .iter()
@@ -375,7 +504,7 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
             .collect();
         stats::summarize(&v).map(|s| s.p50)
     };
-    if let (Some(q), Some(first)) = (exit(QEMU_ROW), roots.first()) {
+    if let (Some(q), Some(first)) = (exit(QEMU_ROW), rows.first().map(|r| r.0.as_str())) {
         if let Some(ours) = exit(first) {
             println!(
                 "\nQEMU TCG ({QEMU}) boots the same kernel, init and image with no KVM and none of the PVM-only boot parameters; it has no boot-timer marks, so its row is the whole command. twinbox {first} / QEMU TCG, wall: {:.1}x.",

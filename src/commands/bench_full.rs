@@ -43,6 +43,29 @@ fn machine(cgroups: String) -> Machine {
     }
 }
 
+/// Makes the warm VM's snapshot (`twinbox snapshot make`, the probe image,
+/// 256 MiB, 1 vCPU: what the VM subjects run) and says what it cost.
+fn make_vm_snapshot(lab: &Lab) -> Result<String> {
+    let out = std::process::Command::new(&lab.exe)
+        .env("TWINBOX_HOME", &lab.home)
+        .args(["snapshot", "make", "-m", "256m", "--cpus", "1"])
+        .arg(crate::subjects::lab::PROBE_IMAGE)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running twinbox snapshot make")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "twinbox snapshot make: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(format!(
+        "twinbox-vm is restored from a snapshot made first (`twinbox snapshot make -m 256m --cpus 1 {}`: {}); twinbox-vm-cold boots (`--cold`).",
+        crate::subjects::lab::PROBE_IMAGE,
+        String::from_utf8_lossy(&out.stdout).trim()
+    ))
+}
+
 /// Runs the full benchmark.
 pub fn run(args: &BenchArgs) -> Result<()> {
     let t0 = Instant::now();
@@ -55,7 +78,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let native = lab.native();
     let unshare = lab.unshare();
     let ours = lab.container(None);
-    let real_vm = lab.vm();
+    let real_vm = lab.vm(false);
+    let cold_vm = lab.vm(true);
     // On a slow host (PVM) the VM runs a few times for startup, once idle,
     // with a few boxes for density and once for the probe (none of it in
     // --quick); elsewhere it is a subject like the others. `vm` stands for
@@ -66,16 +90,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         name: real_vm.name(),
         reason: why.clone(),
     });
+    let skipped_cold = slow.as_ref().map(|why| crate::subjects::vm::Skipped {
+        name: cold_vm.name(),
+        reason: why.clone(),
+    });
     let vm: &dyn Subject = match &skipped {
         Some(s) => s,
         None => &real_vm,
     };
+    let vm_cold: &dyn Subject = match &skipped_cold {
+        Some(s) => s,
+        None => &cold_vm,
+    };
     let vm_few: &dyn Subject = if quick { vm } else { &real_vm };
+    let cold_few: &dyn Subject = if quick { vm_cold } else { &cold_vm };
     let crun = lab.oci("crun")?;
     let runc = lab.oci("runc")?;
     let runsc = lab.oci("runsc")?;
     let (vmm, qemu, fc) = lab.floor(args.firecracker.clone())?;
-    let boxes: [&dyn Subject; 7] = [&native, &ours, vm, &unshare, &crun, &runc, &runsc];
+    let boxes: [&dyn Subject; 8] = [
+        &native, &ours, vm, vm_cold, &unshare, &crun, &runc, &runsc,
+    ];
     let monitors: [&dyn Subject; 3] = [&vmm, &qemu, &fc];
 
     let mut notes: Vec<String> = lab.note.iter().cloned().collect();
@@ -104,6 +139,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         seconds: 0.0,
     };
 
+    // The warm VM's snapshot, made before anything is measured (and its
+    // boot, save and size noted).
+    let vm_runs = vm_few.unavailable().is_none();
+    if vm_runs && (want(Scenario::Startup) || want(Scenario::Memory)) {
+        let pb = super::spinner("snapshot");
+        pb.set_message("booting the VM once for its warm-start snapshot");
+        let made = make_vm_snapshot(&lab);
+        pb.finish_and_clear();
+        results.notes.push(made?);
+    }
+
     if want(Scenario::Startup) {
         let plan = Plan {
             runs: args.runs.unwrap_or(if quick { 5 } else { 60 }),
@@ -121,28 +167,33 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ));
         pb.finish_and_clear();
         check_stopped()?;
-        // On a slow host the VM gets a few runs of its own, not 60.
+        // On a slow host the VMs get runs of their own, not 60.
         if let (Some(startup), Some(_), false) = (results.startup.as_mut(), &slow, quick) {
-            let vm_plan = Plan {
-                runs: crate::subjects::vm::SLOW_VM_RUNS.min(plan.runs),
-                warmup: 0,
-                timeout: Duration::from_secs(180),
-                gap: plan.gap,
-                rss_runs: 0,
-            };
-            let pb = super::count_bar("startup: twinbox-vm");
-            let mut r = twinbox_bench::run_interleaved(&[&real_vm], &vm_plan, &pb);
-            pb.finish_and_clear();
-            if let (Some(row), Some(vm_row)) = (
-                startup
-                    .subjects
-                    .iter_mut()
-                    .find(|s| s.name == real_vm.name()),
-                r.pop(),
-            ) {
-                *row = vm_row;
+            for (subject, runs) in [
+                (&real_vm, crate::subjects::vm::SLOW_WARM_RUNS),
+                (&cold_vm, crate::subjects::vm::SLOW_VM_RUNS),
+            ] {
+                let vm_plan = Plan {
+                    runs: runs.min(plan.runs),
+                    warmup: 0,
+                    timeout: Duration::from_secs(180),
+                    gap: plan.gap,
+                    rss_runs: 0,
+                };
+                let pb = super::count_bar(&format!("startup: {}", subject.name()));
+                let mut r = twinbox_bench::run_interleaved(&[subject], &vm_plan, &pb);
+                pb.finish_and_clear();
+                if let (Some(row), Some(vm_row)) = (
+                    startup
+                        .subjects
+                        .iter_mut()
+                        .find(|s| s.name == subject.name()),
+                    r.pop(),
+                ) {
+                    *row = vm_row;
+                }
+                check_stopped()?;
             }
-            check_stopped()?;
         }
         let floor_plan = Plan {
             runs: if quick { 3 } else { 30 },
@@ -168,13 +219,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let k = if quick { 10 } else { 30 };
         // On a slow host one idle VM, and a few VMs at once for density,
         // once each (every one boots first).
-        let (vm_reps, vm_k) = match slow {
-            Some(_) => (1, crate::subjects::vm::SLOW_VM_DENSITY.min(k)),
-            None => (reps, k),
+        let (vm_reps, vm_k, warm_k) = match slow {
+            Some(_) => (
+                1,
+                crate::subjects::vm::SLOW_VM_DENSITY.min(k),
+                crate::subjects::vm::SLOW_WARM_DENSITY.min(k),
+            ),
+            None => (reps, k, k),
         };
-        let idle_subjects: [(&dyn Subject, usize); 9] = [
+        let idle_subjects: [(&dyn Subject, usize); 10] = [
             (&ours, reps),
             (vm_few, vm_reps),
+            (cold_few, vm_reps),
             (&unshare, reps),
             (&crun, reps),
             (&runc, reps),
@@ -189,9 +245,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             idle.push(memory::idle(s, n));
             check_stopped()?;
         }
-        let density_subjects: [(&dyn Subject, usize, usize); 5] = [
+        let density_subjects: [(&dyn Subject, usize, usize); 6] = [
             (&ours, k, reps),
-            (vm_few, vm_k, vm_reps),
+            (vm_few, warm_k, vm_reps),
+            (cold_few, vm_k, vm_reps),
             (&crun, k, reps),
             (&vmm, k, reps),
             (&fc, k, reps),

@@ -136,11 +136,13 @@ impl Lab {
     }
 
     /// twinbox's VM.
-    pub fn vm(&self) -> TwinboxVm {
+    /// The VM, warm (restored from its snapshot) or `cold` (booted).
+    pub fn vm(&self, cold: bool) -> TwinboxVm {
         TwinboxVm {
             exe: self.exe.clone(),
             image: PROBE_IMAGE.into(),
             home: self.home.clone(),
+            cold,
         }
     }
 

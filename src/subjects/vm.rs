@@ -1,9 +1,12 @@
-//! The VM subject of the benchmark: `twinbox run --isolation vm`, the same
-//! image in a microVM with our kernel and init. On a PVM host (a software
-//! hypervisor) a Linux guest boots in [`PVM_BOOT`], so the benchmark runs it
-//! [`SLOW_VM_RUNS`] times for startup, once idle, once with a few boxes for
-//! density and once for the isolation probe instead of in every scenario: [`slow_host`] says so, and
-//! [`Skipped`] stands in for it where it is not run.
+//! The VM subjects of the benchmark: `twinbox run --isolation vm`, the same
+//! image in a microVM with our kernel and init, warm (`twinbox-vm`,
+//! restored from the snapshot the benchmark makes first) and cold
+//! (`twinbox-vm-cold`, `--cold`: booted). On a PVM host (a software
+//! hypervisor) a Linux guest boots in [`PVM_BOOT`], so the benchmark runs
+//! the cold VM [`SLOW_VM_RUNS`] times for startup, once idle and with a few
+//! boxes for density, and the warm one [`SLOW_WARM_RUNS`] times, once idle
+//! and [`SLOW_WARM_DENSITY`] at once, instead of in every scenario:
+//! [`slow_host`] says so, and [`Skipped`] stands in where they are not run.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -19,6 +22,8 @@ pub struct TwinboxVm {
     pub image: String,
     /// Store home.
     pub home: PathBuf,
+    /// Boot (`--cold`) instead of restoring the snapshot.
+    pub cold: bool,
 }
 
 impl TwinboxVm {
@@ -26,6 +31,7 @@ impl TwinboxVm {
         let mut c = Command::new(&self.exe);
         c.env("TWINBOX_HOME", &self.home)
             .args(["run", "--isolation", "vm", "-m", "256m", "--cpus", "1"])
+            .args(if self.cold { &["--cold"][..] } else { &[][..] })
             .args(extra)
             .arg(&self.image)
             .args(argv);
@@ -37,10 +43,14 @@ impl TwinboxVm {
 /// `twinbox bench boot`; README, "A Linux guest on this PVM host").
 pub const PVM_BOOT: &str = "about 20 s";
 
-/// Startup runs of the VM on a slow host (instead of the plan's 60).
+/// Startup runs of the cold VM on a slow host (instead of the plan's 60).
 pub const SLOW_VM_RUNS: usize = 3;
-/// VMs up at once for density on a slow host (instead of 30).
+/// Cold VMs up at once for density on a slow host (instead of 30).
 pub const SLOW_VM_DENSITY: usize = 3;
+/// Startup runs of the warm VM on a slow host.
+pub const SLOW_WARM_RUNS: usize = 20;
+/// Warm VMs up at once for density on a slow host.
+pub const SLOW_WARM_DENSITY: usize = 10;
 
 /// Why a Linux guest is too slow here to run in every scenario, if it is;
 /// `quick` for `bench --quick`, which runs no Linux guest there.
@@ -49,7 +59,7 @@ pub fn slow_host(quick: bool) -> Option<String> {
         if quick {
             format!("not in --quick: a Linux guest boots in {PVM_BOOT} on this PVM host (software hypervisor)")
         } else {
-            format!("a Linux guest boots in {PVM_BOOT} on this PVM host (software hypervisor), so the VM runs only for startup ({SLOW_VM_RUNS} runs), idle memory and density (a few boxes) and the isolation probe")
+            format!("a Linux guest boots in {PVM_BOOT} on this PVM host (software hypervisor), so the VMs run only for startup ({SLOW_WARM_RUNS} warm runs, {SLOW_VM_RUNS} cold), idle memory, density ({SLOW_WARM_DENSITY} warm, {SLOW_VM_DENSITY} cold at once) and the isolation probe (warm)")
         }
     })
 }
@@ -77,7 +87,10 @@ impl Subject for Skipped {
 
 impl Subject for TwinboxVm {
     fn name(&self) -> String {
-        "twinbox-vm".into()
+        match self.cold {
+            true => "twinbox-vm-cold".into(),
+            false => "twinbox-vm".into(),
+        }
     }
     fn unavailable(&self) -> Option<String> {
         match hypervisor::detect_kind() {
@@ -112,6 +125,7 @@ impl Subject for TwinboxVm {
         let mut c = Command::new(&self.exe);
         c.env("TWINBOX_HOME", &self.home)
             .args(["run", "--isolation", "vm", "-m", "64m", "--timeout", "5s"])
+            .args(if self.cold { &["--cold"][..] } else { &[][..] })
             .arg(&self.image)
             .args(argv);
         Some(c)

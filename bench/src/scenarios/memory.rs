@@ -62,6 +62,15 @@ pub struct DensityResult {
     pub per_box_kib: Vec<f64>,
     /// Their median, KiB.
     pub median_kib: Option<f64>,
+    /// PSS of every host process of every box (workloads excluded), per
+    /// box, in each repetition, KiB: pages the boxes share (a VM
+    /// snapshot's page cache, a runtime's binary) divided among them,
+    /// where MemAvailable counts shared page cache as free.
+    #[serde(default)]
+    pub pss_per_box_kib: Vec<f64>,
+    /// Their median, KiB.
+    #[serde(default)]
+    pub pss_median_kib: Option<f64>,
 }
 
 /// The memory scenario's results.
@@ -281,6 +290,8 @@ pub fn density(subject: &dyn Subject, k: usize, reps: usize) -> DensityResult {
         boxes: 0,
         per_box_kib: vec![],
         median_kib: None,
+        pss_per_box_kib: vec![],
+        pss_median_kib: None,
     };
     if r.unavailable.is_some() {
         return r;
@@ -307,6 +318,10 @@ pub fn density(subject: &dyn Subject, k: usize, reps: usize) -> DensityResult {
         }
         let up = boxes.iter().filter(|b| wait_up(b).is_ok()).count();
         let with = settled_available(5);
+        let pss: u64 = boxes.iter().map(box_pss_kib).sum();
+        if up > 0 {
+            r.pss_per_box_kib.push(pss as f64 / up as f64);
+        }
         for b in boxes {
             stop(b);
         }
@@ -319,7 +334,18 @@ pub fn density(subject: &dyn Subject, k: usize, reps: usize) -> DensityResult {
         }
     }
     r.median_kib = summarize(&r.per_box_kib).map(|s| s.p50);
+    r.pss_median_kib = summarize(&r.pss_per_box_kib).map(|s| s.p50);
     r
+}
+
+/// PSS of a running box's host processes, its workload's excluded, KiB.
+fn box_pss_kib(b: &Running) -> u64 {
+    let skip = workloads(b.child.id(), b.exe.as_deref());
+    pss::tree(b.child.id())
+        .into_iter()
+        .filter(|p| !skip.contains(p))
+        .filter_map(pss::pss_kib)
+        .sum()
 }
 
 #[cfg(test)]
