@@ -243,7 +243,9 @@ struct Made {
 /// same key first, so that its boot and save are measured here).
 fn make_snapshot(exe: &std::path::Path, args: &BootBenchArgs) -> Result<Made> {
     let ls = || -> Result<serde_json::Value> {
-        let out = Command::new(exe).args(["snapshot", "ls", "--json"]).output()?;
+        let out = Command::new(exe)
+            .args(["snapshot", "ls", "--json"])
+            .output()?;
         Ok(serde_json::from_slice(&out.stdout)?)
     };
     let cmd = |extra: &[&str]| -> Result<std::process::Output> {
@@ -258,14 +260,24 @@ fn make_snapshot(exe: &std::path::Path, args: &BootBenchArgs) -> Result<Made> {
     let out = cmd(&[])?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        bail!("twinbox snapshot make: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "twinbox snapshot make: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let id = text.split(|c: char| c == ':' || c.is_whitespace()).next().unwrap_or_default().to_string();
+    let id = text
+        .split(|c: char| c == ':' || c.is_whitespace())
+        .next()
+        .unwrap_or_default()
+        .to_string();
     if text.contains("already made") {
         let _ = Command::new(exe).args(["snapshot", "rm", &id]).output()?;
         let again = cmd(&[])?;
         if !again.status.success() {
-            bail!("twinbox snapshot make: {}", String::from_utf8_lossy(&again.stderr));
+            bail!(
+                "twinbox snapshot make: {}",
+                String::from_utf8_lossy(&again.stderr)
+            );
         }
     }
     let listed = ls()?;
@@ -464,7 +476,9 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
         );
     }
     println!("\nStart to exit (the VMM's start to the workload's exit) and the whole command, p50 / p90 / p99, ms:\n");
-    println!("| boot (root) | runs | start to exit p50 | p90 | p99 | whole command p50 | p90 | p99 |");
+    println!(
+        "| boot (root) | runs | start to exit p50 | p90 | p99 | whole command p50 | p90 | p99 |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     for root in &names {
         let pick = |f: fn(&Run) -> f64| -> Vec<f64> {
@@ -490,11 +504,19 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
         );
     }
     let p50_of = |row: &str| {
-        let v: Vec<f64> = runs.iter().filter(|r| r.root == row).map(|r| r.exit_ms).collect();
+        let v: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.root == row)
+            .map(|r| r.exit_ms)
+            .collect();
         stats::summarize(&v).map(|s| s.p50)
     };
     if let (Some(c), Some(w)) = (p50_of("cold (pmem)"), p50_of("warm (pmem)")) {
-        println!("\nwarm / cold, start to exit at p50: {:.3}x ({:.1}x faster).", w / c, c / w);
+        println!(
+            "\nwarm / cold, start to exit at p50: {:.3}x ({:.1}x faster).",
+            w / c,
+            c / w
+        );
     }
     let exit = |row: &str| {
         let v: Vec<f64> = runs

@@ -108,9 +108,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let runc = lab.oci("runc")?;
     let runsc = lab.oci("runsc")?;
     let (vmm, qemu, fc) = lab.floor(args.firecracker.clone())?;
-    let boxes: [&dyn Subject; 8] = [
-        &native, &ours, vm, vm_cold, &unshare, &crun, &runc, &runsc,
-    ];
+    let boxes: [&dyn Subject; 8] = [&native, &ours, vm, vm_cold, &unshare, &crun, &runc, &runsc];
     let monitors: [&dyn Subject; 3] = [&vmm, &qemu, &fc];
 
     let mut notes: Vec<String> = lab.note.iter().cloned().collect();
