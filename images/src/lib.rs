@@ -4,6 +4,7 @@
 //! - [`oci`]: import from `docker save` tarballs and OCI image layouts, with
 //!   [`layer`] applying each layer confined to the rootfs ([`confined`]).
 //! - [`base`]: the `busybox` base image, built from Debian's busybox-static.
+//! - [`python`]: the `debian-python` image (python3 and busybox from Debian).
 //! - [`initramfs`] and [`ext4`]: rootfs packers for the VM, cached by content.
 //! - [`kernel`]: the guest kernel recipe (our config fragment on Debian's
 //!   linux-source), built into a cache keyed by its inputs.
@@ -23,6 +24,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod layer;
 pub mod oci;
+pub mod python;
 pub mod reference;
 pub mod store;
 #[cfg(any(test, feature = "testing"))]

@@ -1,7 +1,7 @@
-//! `twinbox image import|ls|rm|inspect|build-base`.
+//! `twinbox image import|ls|rm|inspect|build-base|build-python`.
 
 use anyhow::{Context, Result};
-use twinbox_images::{base, layer, oci, Reference, Store};
+use twinbox_images::{base, layer, oci, python, Reference, Store};
 
 use crate::cli::ImageCommand;
 use crate::size;
@@ -74,6 +74,24 @@ pub fn run(store: &Store, cmd: ImageCommand) -> Result<()> {
             let result = base::build(store, deb.as_deref());
             pb.finish_and_clear();
             let image = result.context("building the base image")?;
+            eprintln!(
+                "built {} ({}) from {}",
+                image.meta.name,
+                size::human(image.meta.size),
+                image.meta.source
+            );
+            println!("{}", image.meta.name);
+        }
+        ImageCommand::BuildPython { debs } => {
+            let pb = super::spinner("python image");
+            pb.set_message(format!(
+                "building {} from {}",
+                python::NAME,
+                python::PACKAGE
+            ));
+            let result = python::build(store, debs.as_deref());
+            pb.finish_and_clear();
+            let image = result.context("building the python image")?;
             eprintln!(
                 "built {} ({}) from {}",
                 image.meta.name,
