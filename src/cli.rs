@@ -205,6 +205,11 @@ pub struct BootBenchArgs {
     /// Runs of the warm row (each restored from the snapshot made first).
     #[arg(long, default_value_t = 20)]
     pub warm_runs: usize,
+    /// Runs of each python row (`python3 -c 'print(1)'` from the
+    /// `debian-python` image, cold and warm) when that image is in the
+    /// store; 0 leaves them out.
+    #[arg(long, default_value_t = 3)]
+    pub python_runs: usize,
     /// Which root: pmem, initramfs or both.
     #[arg(long, default_value = "both")]
     pub root: String,
@@ -346,6 +351,12 @@ pub enum ImageCommand {
         /// Use this busybox-static .deb instead of `apt-get download`.
         #[arg(long)]
         deb: Option<PathBuf>,
+    },
+    /// Build the `debian-python` image (python3 from Debian's packages, with busybox).
+    BuildPython {
+        /// Use the .deb files in this directory instead of `apt-get download`.
+        #[arg(long)]
+        debs: Option<PathBuf>,
     },
 }
 

@@ -200,6 +200,8 @@ fn nested_runs(
             &args.image,
             "--no-qemu",
             "--no-nested",
+            "--python-runs",
+            "0",
             "--json",
             NESTED_JSON,
         ])],
@@ -232,6 +234,110 @@ fn nested_runs(
     Ok((runs, report))
 }
 
+/// The rows beside the VMs: the same image's `/bin/true` in our container,
+/// and the VMM's floor (the null guest, no Linux).
+fn beside(args: &BootBenchArgs) -> Vec<(&'static str, Vec<String>)> {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    vec![
+        (
+            CONTAINER_ROW,
+            s(&[
+                "run",
+                "--isolation",
+                "container",
+                "-m",
+                &args.memory,
+                &args.image,
+                "/bin/true",
+            ]),
+        ),
+        (FLOOR_ROW, s(&["vmm", "boot", "null", "-m", &args.memory])),
+    ]
+}
+
+/// The python rows' names (cold, warm).
+const PYTHON_ROWS: [&str; 2] = ["python cold (pmem)", "python warm (pmem)"];
+
+/// `python3 -c 'print(1)'` from the Debian python image, cold and warm,
+/// `--python-runs` times each, alternating, after its snapshot is made;
+/// `None` (with a line on stderr) when the image is not in the store.
+fn python_runs(
+    exe: &std::path::Path,
+    args: &BootBenchArgs,
+    dir: &std::path::Path,
+    runs: &mut Vec<Run>,
+) -> Result<Option<Made>> {
+    if args.python_runs == 0 {
+        return Ok(None);
+    }
+    let store = twinbox_images::store::Store::open(&twinbox_images::store::Store::default_home())?;
+    if store
+        .get(&twinbox_images::reference::Reference::parse(
+            twinbox_images::python::NAME,
+        )?)
+        .is_err()
+    {
+        eprintln!(
+            "bench boot: no python rows: {} is not in the store (`twinbox image build-python`)",
+            twinbox_images::python::NAME
+        );
+        return Ok(None);
+    }
+    let made = make_snapshot(exe, &args.memory, twinbox_images::python::NAME)?;
+    let pb = super::count_bar("bench boot: python");
+    pb.set_length(2 * args.python_runs as u64);
+    for i in 0..args.python_runs {
+        for (row, cold) in [(PYTHON_ROWS[0], true), (PYTHON_ROWS[1], false)] {
+            pb.set_message(format!("{row}, run {}", i + 1));
+            let timings = dir.join(format!("python-{cold}-{i}.jsonl"));
+            let start = Instant::now();
+            let mut cmd = Command::new(exe);
+            cmd.args([
+                "run",
+                "--isolation",
+                "vm",
+                "-m",
+                &args.memory,
+                "--cpus",
+                "1",
+            ]);
+            if cold {
+                cmd.arg("--cold");
+            }
+            let out = cmd
+                .args(["--timeout", "600s", twinbox_images::python::NAME])
+                .args(["python3", "-c", "print(1)"])
+                .env("TWINBOX_TIMINGS", &timings)
+                .env("TWINBOX_VM_ROOT", "pmem")
+                .stdin(Stdio::null())
+                .output()
+                .context("starting twinbox run")?;
+            let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+            if !out.status.success() || out.stdout != b"1\n" {
+                bail!(
+                    "{row} run {} failed ({}): {}{}",
+                    i + 1,
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            let line = std::fs::read_to_string(&timings).unwrap_or_default();
+            let run = parse(line.trim(), row, wall_ms)
+                .with_context(|| format!("{row} run {}: no timings recorded", i + 1))?;
+            runs.push(run);
+            pb.inc(1);
+        }
+    }
+    pb.finish_and_clear();
+    Ok(Some(made))
+}
+
+/// The container row's name.
+const CONTAINER_ROW: &str = "container";
+/// The VMM floor row's name.
+const FLOOR_ROW: &str = "null guest (VMM floor)";
+
 /// The warm row's snapshot: made, timed and sized.
 struct Made {
     boot_ms: f64,
@@ -241,7 +347,7 @@ struct Made {
 
 /// Makes the snapshot the warm runs restore (removing an old one of the
 /// same key first, so that its boot and save are measured here).
-fn make_snapshot(exe: &std::path::Path, args: &BootBenchArgs) -> Result<Made> {
+fn make_snapshot(exe: &std::path::Path, memory: &str, image: &str) -> Result<Made> {
     let ls = || -> Result<serde_json::Value> {
         let out = Command::new(exe)
             .args(["snapshot", "ls", "--json"])
@@ -250,9 +356,9 @@ fn make_snapshot(exe: &std::path::Path, args: &BootBenchArgs) -> Result<Made> {
     };
     let cmd = |extra: &[&str]| -> Result<std::process::Output> {
         Ok(Command::new(exe)
-            .args(["snapshot", "make", "-m", &args.memory, "--cpus", "1"])
+            .args(["snapshot", "make", "-m", memory, "--cpus", "1"])
             .args(extra)
-            .arg(&args.image)
+            .arg(image)
             .env("TWINBOX_VM_ROOT", "pmem")
             .stdin(Stdio::null())
             .output()?)
@@ -327,7 +433,7 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
     let rows = local_rows(&roots);
     // The warm row's snapshot, made (and timed) before any run.
     let snapshot = match rows.iter().any(|r| !r.2) {
-        true => Some(make_snapshot(&exe, &args)?),
+        true => Some(make_snapshot(&exe, &args.memory, &args.image)?),
         false => None,
     };
     let pb = super::count_bar("bench boot");
@@ -335,7 +441,8 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
         .iter()
         .map(|r| if r.2 { args.runs } else { args.warm_runs })
         .sum::<usize>()
-        + args.runs * usize::from(qemu.is_some());
+        + args.runs * usize::from(qemu.is_some())
+        + args.warm_runs * beside(&args).len();
     pb.set_length(per_round as u64);
     let mut runs = Vec::new();
     for i in 0..args.runs.max(args.warm_runs) {
@@ -378,6 +485,38 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
                 exit_ms: wall_ms,
             });
             pb.inc(1);
+        }
+        // Beside the VMs, as often as the warm row: the container and the
+        // VMM's floor (the null guest), whole commands only.
+        if i < args.warm_runs {
+            for (row, argv) in beside(&args) {
+                pb.set_message(format!("{row}, run {}", i + 1));
+                let start = Instant::now();
+                let out = Command::new(&exe)
+                    .args(&argv)
+                    .stdin(Stdio::null())
+                    .output()
+                    .with_context(|| format!("starting {row}"))?;
+                let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+                if !out.status.success() {
+                    bail!(
+                        "{row} run {} failed ({}): {}",
+                        i + 1,
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+                runs.push(Run {
+                    root: row.into(),
+                    wall_ms,
+                    setup_ms: None,
+                    kernel_ms: None,
+                    init_ms: None,
+                    workload_ms: None,
+                    exit_ms: wall_ms,
+                });
+                pb.inc(1);
+            }
         }
         for (row, root, cold) in &rows {
             let n = if *cold { args.runs } else { args.warm_runs };
@@ -428,6 +567,7 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
         }
     }
     pb.finish_and_clear();
+    let python = python_runs(&exe, &args, dir.path(), &mut runs)?;
     let nested = match (args.no_nested, std::path::Path::new(QEMU).exists()) {
         (false, true) => {
             let spin = super::spinner("bench boot");
@@ -458,6 +598,10 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
     let mut names: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
     if qemu.is_some() {
         names.push(QEMU_ROW.into());
+    }
+    names.extend([CONTAINER_ROW.to_string(), FLOOR_ROW.to_string()]);
+    if python.is_some() {
+        names.extend(PYTHON_ROWS.iter().map(|r| r.to_string()));
     }
     if nested.is_some() {
         names.extend(rows.iter().map(|r| format!("nested-svm {}", r.0)));
@@ -491,6 +635,16 @@ pub fn run(args: BootBenchArgs) -> Result<()> {
         println!(
             "| {root} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             e.n, e.p50, e.p90, e.p99, w.p50, w.p90, w.p99
+        );
+    }
+    if let Some(p) = &python {
+        println!(
+            "\nThe python rows: `python3 -c 'print(1)'` from `{}` (Debian's python3.11-minimal, `twinbox image build-python`), cold and warm, {} runs each; its snapshot booted in {:.1} s, saved in {:.0} ms, {} on disk.",
+            twinbox_images::python::NAME,
+            args.python_runs,
+            p.boot_ms / 1e3,
+            p.save_ms,
+            crate::size::human(p.disk_bytes)
         );
     }
     if let Some(s) = &snapshot {
