@@ -152,9 +152,12 @@ mod tests {
             b,
             Ok(Boot {
                 root: "/dev/pmem0".into(),
-                mailbox: "/dev/pmem1".into()
+                mailbox: "/dev/pmem1".into(),
+                preload: Vec::new(),
             })
         );
+        let pre = Boot::parse(br#"{"root":"","mailbox":"","preload":["/bin/busybox"]}"#);
+        assert_eq!(pre.map(|b| b.preload), Ok(vec!["/bin/busybox".to_string()]));
         let empty = Boot::parse(br#"{"root":"","mailbox":""}"#);
         assert_eq!(
             empty.map(|b| b.root.is_empty() && b.mailbox.is_empty()),
