@@ -54,6 +54,80 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     }
 }
 
+/// What an I/O failure of the shared steps was about.
+type IoAt = (PathBuf, std::io::Error);
+
+/// The directories and minimal `/etc` every image built here has: the
+/// usual mount points and scratch directories with their modes, passwd,
+/// group, hosts, hostname. Shared with the python image.
+pub(crate) fn skeleton(root: &Path) -> std::result::Result<(), IoAt> {
+    let at = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| (p, e)
+    };
+    for (d, mode) in [
+        ("bin", 0o755),
+        ("sbin", 0o755),
+        ("usr/bin", 0o755),
+        ("usr/sbin", 0o755),
+        ("etc", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("tmp", 0o1777),
+        ("root", 0o700),
+        ("home", 0o755),
+        ("var/tmp", 0o1777),
+        ("run", 0o755),
+    ] {
+        let p = root.join(d);
+        fs::create_dir_all(&p).map_err(at(&p))?;
+        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(at(&p))?;
+    }
+    for (file, text) in [
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        ),
+        ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+        ("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n"),
+        ("etc/hostname", "twinbox\n"),
+    ] {
+        let p = root.join(file);
+        fs::write(&p, text).map_err(at(&p))?;
+    }
+    Ok(())
+}
+
+/// The record of an image built here from `root`: its content hash and
+/// size, command `cmd`, the usual `PATH`, and where it came from.
+pub(crate) fn meta(
+    root: &Path,
+    name: &Reference,
+    cmd: &str,
+    source: String,
+) -> std::result::Result<ImageMeta, IoAt> {
+    let hash = crate::walk::content_hash(root).map_err(|e| (root.to_path_buf(), e))?;
+    let size = crate::fsutil::tree_size(root).map_err(|e| (root.to_path_buf(), e))?;
+    Ok(ImageMeta {
+        name: name.to_string(),
+        id: format!("sha256:{hash}"),
+        config: RunConfig {
+            entrypoint: vec![],
+            cmd: vec![cmd.into()],
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            workdir: "/".into(),
+            user: String::new(),
+        },
+        size,
+        created: None,
+        imported: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+        architecture: "amd64".into(),
+        layers: vec![],
+        source,
+    })
+}
+
 /// Builds the base image into `store` from `deb` (downloaded when `None`).
 pub fn build(store: &Store, deb: Option<&Path>) -> Result<Image> {
     let scratch = store.staging("base-deb")?;
@@ -84,25 +158,7 @@ pub fn build(store: &Store, deb: Option<&Path>) -> Result<Image> {
 
     let staging = store.staging("base")?;
     let root = staging.rootfs();
-    for (d, mode) in [
-        ("bin", 0o755),
-        ("sbin", 0o755),
-        ("usr/bin", 0o755),
-        ("usr/sbin", 0o755),
-        ("etc", 0o755),
-        ("proc", 0o555),
-        ("sys", 0o555),
-        ("dev", 0o755),
-        ("tmp", 0o1777),
-        ("root", 0o700),
-        ("home", 0o755),
-        ("var/tmp", 0o1777),
-        ("run", 0o755),
-    ] {
-        let p = root.join(d);
-        fs::create_dir_all(&p).map_err(io_err(&p))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(io_err(&p))?;
-    }
+    skeleton(&root).map_err(|(path, source)| Error::Io { path, source })?;
     let dest = root.join("bin/busybox");
     fs::copy(&busybox, &dest).map_err(io_err(&dest))?;
     fs::set_permissions(&dest, fs::Permissions::from_mode(0o755)).map_err(io_err(&dest))?;
@@ -121,41 +177,12 @@ pub fn build(store: &Store, deb: Option<&Path>) -> Result<Image> {
             symlink("/bin/busybox", &link).map_err(io_err(&link))?;
         }
     }
-    for (file, text) in [
-        (
-            "etc/passwd",
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-        ),
-        ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
-        ("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n"),
-        ("etc/hostname", "twinbox\n"),
-    ] {
-        let p = root.join(file);
-        fs::write(&p, text).map_err(io_err(&p))?;
-    }
     drop(scratch);
-    let hash = crate::walk::content_hash(&root).map_err(io_err(&root))?;
-    let size = crate::fsutil::tree_size(&root).map_err(io_err(&root))?;
     let name = Reference::parse(NAME).map_err(|e| Error::Io {
         path: root.clone(),
         source: std::io::Error::other(e),
     })?;
-    let meta = ImageMeta {
-        name: name.to_string(),
-        id: format!("sha256:{hash}"),
-        config: RunConfig {
-            entrypoint: vec![],
-            cmd: vec!["sh".into()],
-            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-            workdir: "/".into(),
-            user: String::new(),
-        },
-        size,
-        created: None,
-        imported: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        architecture: "amd64".into(),
-        layers: vec![],
-        source: format!("debian {PACKAGE} {version}"),
-    };
+    let meta = meta(&root, &name, "sh", format!("debian {PACKAGE} {version}"))
+        .map_err(|(path, source)| Error::Io { path, source })?;
     Ok(store.commit(staging, &meta, &name)?)
 }

@@ -61,8 +61,9 @@ pub fn collect_stale(dir: &std::path::Path) {
 }
 
 /// The entry `<cache>/<kind>/<name>`, made first with `make(temporary path)`
-/// if it is not there: written beside it and published with one rename, the
-/// temporary removed if `make` fails. `io` turns an I/O error on a path into
+/// if it is not there: written beside it and published once (a maker that
+/// lost a race keeps the winner's entry), the temporary removed if `make`
+/// fails. `io` turns an I/O error on a path into
 /// the caller's error.
 pub fn produce<E>(
     kind: &str,
@@ -78,7 +79,8 @@ pub fn produce<E>(
     }
     collect_stale(&dir);
     let tmp = dir.join(tmp_name(name));
-    let r = make(&tmp).and_then(|()| crate::fsutil::publish(&tmp, &dest).map_err(|e| io(&dest, e)));
+    let r = make(&tmp)
+        .and_then(|()| crate::fsutil::publish_once(&tmp, &dest).map_err(|e| io(&dest, e)));
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

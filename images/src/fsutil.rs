@@ -1,6 +1,7 @@
 //! Small file system helpers shared by the store, the packers and the
 //! kernel cache: removing a tree that may hold read-only directories,
-//! writing a file durably, publishing a file atomically.
+//! writing a file durably, publishing a file atomically (replacing, or
+//! only once).
 
 use std::fs;
 use std::io::{self, Write};
@@ -47,6 +48,22 @@ pub fn publish(tmp: &Path, dest: &Path) -> io::Result<()> {
     fs::rename(tmp, dest)
 }
 
+/// Publishes the file `tmp` as `dest` unless `dest` already exists (then
+/// `tmp` is removed and the existing file is kept): a link, which never
+/// replaces, then the temporary name is dropped. Concurrent makers of one
+/// cache entry all end up using the first one published, so an entry a
+/// reader already opened (and fingerprinted) is never swapped under it.
+pub fn publish_once(tmp: &Path, dest: &Path) -> io::Result<()> {
+    fs::File::open(tmp)?.sync_all()?;
+    let linked = match fs::hard_link(tmp, dest) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    };
+    let _ = fs::remove_file(tmp);
+    linked
+}
+
 /// Bytes of file data under `root` (regular files' sizes), without following
 /// symlinks.
 pub fn tree_size(root: &Path) -> io::Result<u64> {
@@ -61,4 +78,23 @@ pub fn tree_size(root: &Path) -> io::Result<u64> {
         }
     }
     Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_once_keeps_the_first() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let dest = dir.path().join("entry");
+        for (i, text) in ["first", "second"].iter().enumerate() {
+            let tmp = dir.path().join(format!(".entry.tmp-{i}"));
+            fs::write(&tmp, text)?;
+            publish_once(&tmp, &dest)?;
+            assert!(!tmp.exists(), "the temporary is left");
+        }
+        assert_eq!(fs::read_to_string(&dest)?, "first");
+        Ok(())
+    }
 }

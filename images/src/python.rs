@@ -16,12 +16,11 @@
 //! import.
 
 use std::fs;
-use std::os::unix::fs::{symlink, PermissionsExt};
+use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::command;
-use crate::config::{ImageMeta, RunConfig};
 use crate::reference::Reference;
 use crate::store::{self, Image, Store};
 
@@ -128,63 +127,21 @@ pub fn build(store: &Store, debs: Option<&Path>) -> Result<Image> {
     }
     let applets = command::stdout(Command::new(&busybox).arg("--list-full"))?;
 
-    for (d, mode) in [
-        ("bin", 0o755),
-        ("sbin", 0o755),
-        ("usr/bin", 0o755),
-        ("usr/sbin", 0o755),
-        ("etc", 0o755),
-        ("proc", 0o555),
-        ("sys", 0o555),
-        ("dev", 0o755),
-        ("tmp", 0o1777),
-        ("root", 0o700),
-        ("home", 0o755),
-        ("var/tmp", 0o1777),
-        ("run", 0o755),
-    ] {
-        let p = root.join(d);
-        fs::create_dir_all(&p).map_err(io_err(&p))?;
-        fs::set_permissions(&p, fs::Permissions::from_mode(mode)).map_err(io_err(&p))?;
-    }
+    crate::base::skeleton(&root).map_err(|(path, source)| Error::Io { path, source })?;
     link_if_absent(INTERPRETER, &root.join("usr/bin/python3"))?;
     link_applets(&root, &applets)?;
-    for (file, text) in [
-        (
-            "etc/passwd",
-            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
-        ),
-        ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
-        ("etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost\n"),
-        ("etc/hostname", "twinbox\n"),
-    ] {
-        let p = root.join(file);
-        fs::write(&p, text).map_err(io_err(&p))?;
-    }
     drop(scratch);
-    let hash = crate::walk::content_hash(&root).map_err(io_err(&root))?;
-    let size = crate::fsutil::tree_size(&root).map_err(io_err(&root))?;
     let name = Reference::parse(NAME).map_err(|e| Error::Io {
         path: root.clone(),
         source: std::io::Error::other(e),
     })?;
-    let meta = ImageMeta {
-        name: name.to_string(),
-        id: format!("sha256:{hash}"),
-        config: RunConfig {
-            entrypoint: vec![],
-            cmd: vec!["python3".into()],
-            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
-            workdir: "/".into(),
-            user: String::new(),
-        },
-        size,
-        created: None,
-        imported: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-        architecture: "amd64".into(),
-        layers: vec![],
-        source: format!("debian {PACKAGE} {version}"),
-    };
+    let meta = crate::base::meta(
+        &root,
+        &name,
+        "python3",
+        format!("debian {PACKAGE} {version}"),
+    )
+    .map_err(|(path, source)| Error::Io { path, source })?;
     Ok(store.commit(staging, &meta, &name)?)
 }
 

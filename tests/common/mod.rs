@@ -97,3 +97,45 @@ pub fn entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         .map(|e| e.path())
         .collect())
 }
+
+/// Copies the directory `from` (its plain files) to `to`, keeping modes
+/// and the files' holes (`SEEK_DATA`/`SEEK_HOLE`): a snapshot's memory file
+/// is mostly holes. Busybox's `cp` (the nested machine's) has no
+/// `--sparse`.
+pub fn copy_dir_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::{FileExt, PermissionsExt};
+    std::fs::create_dir(to)?;
+    std::fs::set_permissions(to, std::fs::metadata(from)?.permissions())?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let src = std::fs::File::open(e.path())?;
+        let meta = src.metadata()?;
+        let dst = std::fs::File::create(to.join(e.file_name()))?;
+        dst.set_permissions(std::fs::Permissions::from_mode(meta.permissions().mode()))?;
+        let len = meta.len() as i64;
+        let mut at: i64 = 0;
+        let mut buf = vec![0u8; 1 << 20];
+        while at < len {
+            // SAFETY: lseek on an open descriptor; a negative result is an
+            // error (ENXIO: no data after `at`).
+            let data = unsafe { libc::lseek(src.as_raw_fd(), at, libc::SEEK_DATA) };
+            if data < 0 {
+                break;
+            }
+            // SAFETY: as above.
+            let hole = unsafe { libc::lseek(src.as_raw_fd(), data, libc::SEEK_HOLE) };
+            let end = if hole < 0 { len } else { hole };
+            let mut off = data;
+            while off < end {
+                let n = ((end - off) as usize).min(buf.len());
+                src.read_exact_at(&mut buf[..n], off as u64)?;
+                dst.write_all_at(&buf[..n], off as u64)?;
+                off += n as i64;
+            }
+            at = end;
+        }
+        dst.set_len(meta.len())?;
+    }
+    Ok(())
+}
