@@ -210,6 +210,10 @@ pub struct BootBenchArgs {
     /// store; 0 leaves them out.
     #[arg(long, default_value_t = 3)]
     pub python_runs: usize,
+    /// Leave out the rows beside the VMs (the container, the VMM's floor);
+    /// the nested run does (its outer machine has no cgroups).
+    #[arg(long)]
+    pub no_beside: bool,
     /// Which root: pmem, initramfs or both.
     #[arg(long, default_value = "both")]
     pub root: String,
