@@ -135,6 +135,31 @@ pub fn publish(tmp: &Path, key: &Key, meta: &Meta) -> Result<PathBuf> {
     }
 }
 
+/// Where a key's "cannot be restored here" marker is.
+fn broken_marker(key: &Key) -> PathBuf {
+    root().join(format!("{}.broken", key.hash()))
+}
+
+/// Records that a snapshot of `key`, made on this host, could not be
+/// restored here (`why`), so later runs boot instead of making it again.
+/// A failure to record only costs a boot later.
+pub fn mark_broken(key: &Key, why: &str) {
+    let _ = std::fs::write(broken_marker(key), why);
+}
+
+/// Why snapshots of `key` cannot be restored here, if a run found so.
+pub fn broken(key: &Key) -> Option<String> {
+    let text = std::fs::read_to_string(broken_marker(key)).ok()?;
+    Some(
+        text.lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect(),
+    )
+}
+
 /// Removes a snapshot (a no-op if it is gone).
 pub fn remove(dir: &Path) -> Result<()> {
     twinbox_images::fsutil::remove_tree(dir).with_context(|| format!("removing {}", dir.display()))
@@ -161,6 +186,7 @@ pub fn list() -> Vec<Listed> {
         .filter(|e| {
             let name = e.file_name();
             let name = name.to_string_lossy();
+            // Entries only: not temporaries, not "cannot be restored" marks.
             !name.starts_with('.') && e.file_type().is_ok_and(|t| t.is_dir())
         })
         .map(|e| {

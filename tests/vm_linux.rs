@@ -142,7 +142,8 @@ fn vm_started(
     Ok((out, start))
 }
 
-/// The published snapshots in `env`'s cache (not the temporaries).
+/// The published snapshots in `env`'s cache (not the temporaries, not the
+/// "cannot be restored here" marks).
 fn snapshots(env: &Env) -> Vec<PathBuf> {
     common::entries(&env.cache().join("snapshots"))
         .unwrap_or_default()
@@ -150,6 +151,8 @@ fn snapshots(env: &Env) -> Vec<PathBuf> {
         .filter(|p| {
             p.file_name()
                 .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+                && std::fs::symlink_metadata(p)
+                    .is_ok_and(|m| m.is_dir() || m.file_type().is_symlink())
         })
         .collect()
 }
@@ -601,6 +604,28 @@ fn cold_runs_take_no_snapshot_and_bad_snapshots_are_removed_and_the_run_boots() 
             "{what}: the bad snapshot is still there"
         );
     }
+    // A host found unable to restore this VM (a snapshot refused the
+    // moment it was made) boots it from then on, without making another.
+    let hash = made[0]
+        .file_name()
+        .ok_or("no name")?
+        .to_string_lossy()
+        .into_owned();
+    let marker = env.cache().join(format!("snapshots/{hash}.broken"));
+    std::fs::write(&marker, "KVM refused it in this test")?;
+    let (out, start) = vm_started(&env, &kernel, &["busybox", "true"])?;
+    assert_eq!(
+        (code(&out), start.as_str()),
+        (0, "cold"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("could not be restored here: KVM refused it in this test"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(snapshots(&env).is_empty(), "a snapshot was made again");
     Ok(())
 }
 

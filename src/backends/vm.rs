@@ -362,21 +362,26 @@ impl Start {
     }
 }
 
+/// What making a snapshot gave.
+pub enum Made {
+    /// The snapshot's directory, and how long the boot and the save took
+    /// (ms).
+    Saved(PathBuf, f64, f64),
+    /// The guest stopped before it was ready (init failed, the time limit
+    /// passed): that is the run's outcome, booting again would end the same.
+    Stopped(Box<vm::Outcome>),
+}
+
 /// Boots `p`'s guest to its ready mark and saves it as the snapshot of
-/// `key`; returns the entry's directory and how long the boot and the save
-/// took.
-pub fn make_snapshot(p: &Prepared, key: &Key, w: &Workload) -> Result<(PathBuf, f64, f64)> {
+/// `key`.
+pub fn make_snapshot(p: &Prepared, key: &Key, w: &Workload) -> Result<Made> {
     let mut c = p.config.clone();
     c.snapshot = Snapshot::Take;
     let t0 = std::time::Instant::now();
-    let o = vm::run(&c, Box::new(std::io::stdout()))?;
+    let mut o = vm::run(&c, Box::new(std::io::stdout()))?;
     let boot_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let Some(mut captured) = o.captured else {
-        bail!(
-            "the guest stopped before it was ready for a snapshot: {:?}; last console output:\n{}",
-            o.reason,
-            o.console_tail
-        );
+    let Some(mut captured) = o.captured.take() else {
+        return Ok(Made::Stopped(Box::new(o)));
     };
     let tmp = crate::snapshots::temp(key)?;
     let saved = snapshot::dir::save(&tmp, &key.text, &mut captured);
@@ -402,7 +407,7 @@ pub fn make_snapshot(p: &Prepared, key: &Key, w: &Workload) -> Result<(PathBuf, 
         key: key.text.clone(),
     };
     let dir = crate::snapshots::publish(&tmp, key, &meta)?;
-    Ok((dir, boot_ms, meta.save_ms))
+    Ok(Made::Saved(dir, boot_ms, meta.save_ms))
 }
 
 impl VmBackend {
@@ -415,17 +420,28 @@ impl VmBackend {
             let o = vm::run(&p.config, Box::new(std::io::stdout()))?;
             return Ok((o, p, Start::Cold));
         };
+        if let Some(why) = crate::snapshots::broken(&key) {
+            eprintln!("twinbox: booting (a snapshot of this VM could not be restored here: {why}; `twinbox snapshot prune` to try again)");
+            let o = vm::run(&p.config, Box::new(std::io::stdout()))?;
+            return Ok((o, p, Start::Cold));
+        }
         let t0 = std::time::Instant::now();
         let mut start = Start::Warm;
         let mut dir = crate::snapshots::entry(&key);
         if !dir.is_dir() {
             match make_snapshot(&p, &key, w) {
-                Ok((d, _, _)) => {
+                Ok(Made::Saved(d, _, _)) => {
                     dir = d;
                     start = Start::Made;
                 }
+                Ok(Made::Stopped(o)) => return Ok((*o, p, Start::Cold)),
                 Err(e) => {
-                    eprintln!("twinbox: no snapshot ({e:#}); booting instead");
+                    // The VMM cannot take one here (no split irqchip, a
+                    // state KVM will not give): do not try in every run.
+                    if matches!(e.downcast_ref::<vm::Error>(), Some(vm::Error::Snapshot(_))) {
+                        crate::snapshots::mark_broken(&key, &format!("{e:#}"));
+                    }
+                    eprintln!("twinbox: warning: no snapshot ({e:#}); booting instead");
                     let o = vm::run(&p.config, Box::new(std::io::stdout()))?;
                     return Ok((o, p, Start::Cold));
                 }
@@ -443,7 +459,15 @@ impl VmBackend {
             Err(e) => {
                 let unusable = matches!(e, vm::Error::Snapshot(_));
                 let why = format!("{:#}", anyhow::Error::from(e));
-                if unusable {
+                if start == Start::Made && unusable {
+                    // Made this moment and refused at once: this host
+                    // cannot restore this VM; do not make it again.
+                    let _ = crate::snapshots::remove(&dir);
+                    crate::snapshots::mark_broken(&key, &why);
+                    eprintln!(
+                        "twinbox: warning: the snapshot just made cannot be restored here ({why}); this VM boots from now on"
+                    );
+                } else if unusable {
                     let _ = crate::snapshots::remove(&dir);
                     eprintln!(
                         "twinbox: warning: snapshot {} is unusable ({why}); removed it, booting instead",

@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use twinbox_images::Store;
 
-use crate::backends::vm::{make_snapshot, VmBackend};
+use crate::backends::vm::{make_snapshot, Made, VmBackend};
 use crate::cli::{Isolation, RunArgs, SnapshotCommand};
 use crate::{size, snapshots, workload};
 
@@ -78,7 +78,14 @@ fn make(store: &Store, memory: Option<String>, cpus: Option<String>, image: Stri
     pb.set_message(format!("booting {} to its ready point", w.image));
     let made = make_snapshot(&p, &key, &w);
     pb.finish_and_clear();
-    let (dir, boot_ms, save_ms) = made?;
+    let (dir, boot_ms, save_ms) = match made? {
+        Made::Saved(dir, boot_ms, save_ms) => (dir, boot_ms, save_ms),
+        Made::Stopped(o) => bail!(
+            "the guest stopped before it was ready for a snapshot: {:?}; last console output:\n{}",
+            o.reason,
+            o.console_tail
+        ),
+    };
     let listed = snapshots::list();
     let bytes = listed
         .iter()
