@@ -148,7 +148,12 @@ fn make(root: &Path, hash: &str, out: &Path) -> Result<()> {
             let _ = writeln!(script, "set_inode_field <{ino}> {f} 0");
         }
     }
-    let script_path = out.with_extension("debugfs");
+    // Beside the temporary, named after all of it: concurrent makers of
+    // one entry each have their own (`with_extension` would cut the
+    // temporary's unique suffix and give them one script to fight over).
+    let mut script_path = out.as_os_str().to_owned();
+    script_path.push(".debugfs");
+    let script_path = std::path::PathBuf::from(script_path);
     fs::write(&script_path, script).map_err(|source| Error::Io {
         path: script_path.clone(),
         source,
@@ -198,6 +203,40 @@ mod tests {
             .arg(&a)
             .output()?;
         assert_eq!(out.stdout, b"hello ext4");
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_makers_of_one_entry_do_not_share_a_script() -> TestResult {
+        let t = tempfile::tempdir()?;
+        let root = t.path().join("root");
+        fs::create_dir_all(root.join("bin"))?;
+        fs::write(root.join("bin/app"), b"hello ext4")?;
+        // Temporaries as the cache names them: one entry, four makers.
+        let outs: Vec<PathBuf> = (0..4)
+            .map(|i| {
+                t.path()
+                    .join(format!(".id-ab.ext4.tmp-{}-{i}", std::process::id()))
+            })
+            .collect();
+        let results: Vec<bool> = std::thread::scope(|s| {
+            let handles: Vec<_> = outs
+                .iter()
+                .map(|o| s.spawn(|| make(&root, &"cd".repeat(32), o).is_ok()))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(false))
+                .collect()
+        });
+        assert_eq!(results, vec![true; 4], "a concurrent maker failed");
+        let first = fs::read(&outs[0])?;
+        for o in &outs[1..] {
+            assert!(
+                fs::read(o)? == first,
+                "concurrent makers made different disks"
+            );
+        }
         Ok(())
     }
 }
