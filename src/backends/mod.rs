@@ -2,6 +2,7 @@
 //! and runs it to an exit code.
 
 pub mod container;
+pub mod elf;
 pub mod preload;
 pub mod vm;
 

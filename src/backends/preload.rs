@@ -62,29 +62,6 @@ fn resolve(rootfs: &Path, path: &str) -> Option<String> {
         .map(|_| format!("/{}", done.join("/")))
 }
 
-/// The ELF interpreter (`PT_INTERP`) named by the file at `host`, if any.
-fn interpreter(host: &Path) -> Option<String> {
-    let data = std::fs::read(host).ok()?;
-    if data.get(..5)? != b"\x7fELF\x02" {
-        return None;
-    }
-    let u16_at = |o: usize| Some(u16::from_le_bytes(data.get(o..o + 2)?.try_into().ok()?));
-    let u64_at = |o: usize| Some(u64::from_le_bytes(data.get(o..o + 8)?.try_into().ok()?));
-    let (phoff, phentsize, phnum) = (u64_at(32)? as usize, u16_at(54)? as usize, u16_at(56)?);
-    (0..phnum as usize).find_map(|i| {
-        let at = phoff.checked_add(i.checked_mul(phentsize)?)?;
-        let kind = u32::from_le_bytes(data.get(at..at + 4)?.try_into().ok()?);
-        if kind != 3 {
-            return None;
-        }
-        let off = u64_at(at + 8)? as usize;
-        let len = u64_at(at + 32)? as usize;
-        let bytes = data.get(off..off.checked_add(len)?)?;
-        let s = std::str::from_utf8(bytes).ok()?.trim_end_matches('\0');
-        Some(s.to_string())
-    })
-}
-
 /// The files to preload for an image whose rootfs is `rootfs`, whose own
 /// command is `argv` and whose `PATH` is `path_var`.
 pub fn files(rootfs: &Path, argv: &[String], path_var: &str) -> Vec<String> {
@@ -103,7 +80,7 @@ pub fn files(rootfs: &Path, argv: &[String], path_var: &str) -> Vec<String> {
     if let Some(p) = found {
         let host = rootfs.join(p.trim_start_matches('/'));
         out.push(p);
-        if let Some(interp) = interpreter(&host).and_then(|i| resolve(rootfs, &i)) {
+        if let Some(interp) = super::elf::interpreter(&host).and_then(|i| resolve(rootfs, &i)) {
             out.push(interp);
         }
     }
@@ -146,7 +123,8 @@ mod tests {
         // This test binary is dynamic; put it in a fake root with its
         // interpreter.
         let exe = std::env::current_exe()?;
-        let interp = interpreter(&exe).ok_or("the test binary has no PT_INTERP")?;
+        let interp =
+            super::super::elf::interpreter(&exe).ok_or("the test binary has no PT_INTERP")?;
         let dir = tempfile::tempdir()?;
         let root = dir.path();
         std::fs::create_dir_all(root.join("bin"))?;

@@ -100,30 +100,7 @@ pub fn find_init() -> Result<PathBuf> {
     crate::host::find_static("twinbox-init", "TWINBOX_INIT")
 }
 
-/// True if the ELF file at `path` asks for a program interpreter (is
-/// dynamically linked): such an init cannot run in an initramfs.
-pub fn is_dynamic(path: &Path) -> Result<bool> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u64_at = |o: usize| {
-        data.get(o..o + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
-    if data.get(..5) != Some(b"\x7fELF\x02") {
-        bail!("{} is not a 64-bit ELF", path.display());
-    }
-    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(32), u16_at(54), u16_at(56)) else {
-        bail!("{} is a truncated ELF", path.display());
-    };
-    const PT_INTERP: u32 = 3;
-    Ok((0..phnum as usize).any(|i| {
-        let at = phoff as usize + i * phentsize as usize;
-        data.get(at..at + 4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            == Some(PT_INTERP)
-    }))
-}
+pub use super::elf::is_dynamic;
 
 /// Where init finds the boot file (root disk and mailbox) in the archive.
 const BOOT_FILE: &[u8] = b".twinbox/boot.json";
