@@ -61,6 +61,10 @@ pub enum Stage {
     Seccomp,
     /// `execve`.
     Exec,
+    /// Taking the given stdin, stdout, stderr (and terminal).
+    Stdio,
+    /// Entering a running box's namespaces (exec).
+    Setns,
 }
 
 impl Stage {
@@ -69,7 +73,7 @@ impl Stage {
         use Stage::*;
         [
             Parent, Cgroup, Root, Mounts, Devices, Hostname, Loopback, Pivot, CgroupNs, Cwd,
-            Rlimits, Caps, User, Prctl, Seccomp, Exec,
+            Rlimits, Caps, User, Prctl, Seccomp, Exec, Stdio, Setns,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -94,6 +98,8 @@ impl Stage {
             Self::Prctl => "prctl",
             Self::Seccomp => "installing the seccomp profile",
             Self::Exec => "executing the command",
+            Self::Stdio => "taking its stdin, stdout and stderr",
+            Self::Setns => "entering the box's namespaces",
         }
     }
 }
@@ -158,6 +164,11 @@ pub struct ChildPlan {
     pub err_write: RawFd,
     /// The parent's end, which the child closes.
     pub err_read: RawFd,
+    /// Descriptors to make the box's 0, 1 and 2, and whether 0 is a
+    /// terminal to take as the controlling one.
+    pub stdio: crate::config::Stdio,
+    /// With `stdio.pty`: where the new PTY's master goes.
+    pub pty_sock: RawFd,
 }
 
 /// Runs the child to `execve`; never returns.
@@ -203,6 +214,26 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong) -> Result<(), (Stage, Errno)> 
 
 enum Never {}
 
+/// Makes the given descriptors the process's 0, 1 and 2 and, for a
+/// terminal, starts a session with it as the controlling terminal (child
+/// side, system calls only). Shared by a box's first process and exec.
+pub(crate) fn take_stdio(s: &crate::config::Stdio) -> Result<(), (Stage, Errno)> {
+    for (target, fd) in [(0, s.stdin), (1, s.stdout), (2, s.stderr)] {
+        // SAFETY: dup2 takes two integers; a bad descriptor is an error.
+        if fd.is_some_and(|fd| unsafe { libc::dup2(fd, target) } < 0) {
+            return Err((Stage::Stdio, Errno::last()));
+        }
+    }
+    if s.tty {
+        nix::unistd::setsid().map_err(|e| (Stage::Stdio, e))?;
+        // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal).
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            return Err((Stage::Stdio, Errno::last()));
+        }
+    }
+    Ok(())
+}
+
 fn steps(p: &ChildPlan) -> Result<Never, (Stage, Errno)> {
     // SAFETY: closing the parent's ends of our pipes, which this copy of
     // the fd table holds.
@@ -211,6 +242,7 @@ fn steps(p: &ChildPlan) -> Result<Never, (Stage, Errno)> {
         libc::close(p.err_read);
     }
     prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong)?;
+    take_stdio(&p.stdio)?;
     if p.wait_for_maps {
         wait_byte(p.go_read)?;
     }
@@ -250,6 +282,9 @@ fn steps(p: &ChildPlan) -> Result<Never, (Stage, Errno)> {
             d.as_c_str(),
             nix::sys::stat::Mode::from_bits_truncate(0o755),
         );
+    }
+    if let Some((rows, cols)) = p.stdio.pty {
+        crate::pty::make_in_box(p.pty_sock, rows, cols)?;
     }
     nix::unistd::chdir(p.cwd.as_c_str()).map_err(|e| (Stage::Cwd, e))?;
     nix::sys::resource::setrlimit(

@@ -79,6 +79,28 @@ pub struct ContainerConfig {
     pub user_namespace: bool,
     /// The default seccomp profile (on unless turned off for a comparison).
     pub seccomp: bool,
+    /// Where the workload's stdin, stdout and stderr go (default: the
+    /// launcher's own).
+    pub stdio: Stdio,
+}
+
+/// The workload's standard streams: descriptors of the launcher's that
+/// become the box's fds 0, 1 and 2 (`None`: the launcher's own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stdio {
+    /// The box's stdin.
+    pub stdin: Option<std::os::fd::RawFd>,
+    /// The box's stdout.
+    pub stdout: Option<std::os::fd::RawFd>,
+    /// The box's stderr.
+    pub stderr: Option<std::os::fd::RawFd>,
+    /// stdin is a terminal's slave side: the workload starts a session and
+    /// takes it as its controlling terminal.
+    pub tty: bool,
+    /// A new PTY inside the box, of (rows, columns) (0 unknown), for all
+    /// three streams and as the controlling terminal (what `-t` gives;
+    /// [`crate::pty`]); the launcher gets its master. Overrides the rest.
+    pub pty: Option<(u16, u16)>,
 }
 
 impl ContainerConfig {
@@ -98,6 +120,7 @@ impl ContainerConfig {
             timeout: None,
             user_namespace: false,
             seccomp: true,
+            stdio: Stdio::default(),
         }
     }
 

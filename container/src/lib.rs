@@ -9,24 +9,27 @@
 //! [`devices`] (/dev), [`cgroups`] (v1, v2, hybrid), [`caps`],
 //! [`seccomp`], [`user`] (who the workload runs as), [`idmap`] (user
 //! namespace maps), [`network`] (loopback), [`spawn`] (clone, into the cgroup on v2), [`child`] (the box's side from
-//! clone to execve) and [`run`] (the launcher's side).
+//! clone to execve) and [`run`] (the launcher's side), [`exec`] (a new process in a running
+//! box).
 
 pub mod caps;
 pub mod cgroups;
 pub mod child;
 pub mod config;
 pub mod devices;
+pub mod exec;
 pub mod idmap;
 pub mod mounts;
 pub mod namespaces;
 pub mod network;
+pub mod pty;
 pub mod rootfs;
 pub mod run;
 pub mod seccomp;
 pub mod spawn;
 pub mod user;
 
-pub use config::{ContainerConfig, Limits};
+pub use config::{ContainerConfig, Limits, Stdio};
 
 /// A C string of `s` for the child's plan. Every caller passes text built
 /// from validated parts (no NUL); a NUL is dropped rather than panicking.

@@ -178,7 +178,7 @@ fn write_byte(fd: RawFd) -> Result<(), Error> {
 
 /// Candidate paths for the program: itself if it holds a '/', else each
 /// `PATH` entry (the box's, or the usual default).
-fn exec_paths(program: &str, env: &[String]) -> Vec<CString> {
+pub(crate) fn exec_paths(program: &str, env: &[String]) -> Vec<CString> {
     if program.contains('/') {
         return vec![c(program)];
     }
@@ -193,7 +193,7 @@ fn exec_paths(program: &str, env: &[String]) -> Vec<CString> {
         .collect()
 }
 
-fn null_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
+pub(crate) fn null_terminated(v: &[CString]) -> Vec<*const libc::c_char> {
     v.iter()
         .map(|s| s.as_ptr())
         .chain(std::iter::once(std::ptr::null()))
@@ -210,8 +210,16 @@ fn stdout_tty() -> Option<String> {
         .filter(|p| p.starts_with("/dev/"))
 }
 
-/// Runs the box described by `cfg` to its end.
-pub fn run(cfg: &ContainerConfig) -> Result<Outcome, Error> {
+/// Starts the box described by `cfg` and returns once its command runs
+/// (its `execve` succeeded); [`Running`] owns it from there. The workload
+/// starts with the caller's signal mask.
+pub fn start(cfg: &ContainerConfig) -> Result<Running, Error> {
+    let mask = SigSet::thread_get_mask().map_err(|e| Error::Sys("sigprocmask", e))?;
+    start_masked(cfg, mask)
+}
+
+/// [`start`], the workload's signal mask set to `sigmask` before `execve`.
+fn start_masked(cfg: &ContainerConfig, old_mask: SigSet) -> Result<Running, Error> {
     cfg.validate()?;
     let root = nix::unistd::geteuid().is_root();
     if !root && !cfg.user_namespace {
@@ -256,6 +264,10 @@ pub fn run(cfg: &ContainerConfig) -> Result<Outcome, Error> {
     let merged = root_plan.merged.to_string_lossy().into_owned();
     let (go_read, go_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
+    let pty_pair = match cfg.stdio.pty {
+        Some(_) => Some(crate::pty::pair().map_err(|e| Error::Sys("socketpair", e))?),
+        None => None,
+    };
     let argv_store: Vec<CString> = cfg.argv.iter().map(|a| c(a)).collect();
     let env_store: Vec<CString> = cfg.env.iter().map(|e| c(e)).collect();
     let mut cwd_parts = Vec::new();
@@ -268,7 +280,6 @@ pub fn run(cfg: &ContainerConfig) -> Result<Outcome, Error> {
     let hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map(|(_, h)| h)
         .unwrap_or(1024);
-    let old_mask = SigSet::thread_get_mask().map_err(|e| Error::Sys("sigprocmask", e))?;
     let plan = ChildPlan {
         mounts: mounts::plan(&merged, &|p| std::path::Path::new(p).is_dir()),
         dev: devices::plan(&merged, cfg.user_namespace, stdout_tty().as_deref()),
@@ -310,6 +321,8 @@ pub fn run(cfg: &ContainerConfig) -> Result<Outcome, Error> {
         go_write: go_write.as_raw_fd(),
         err_write: err_write.as_raw_fd(),
         err_read: err_read.as_raw_fd(),
+        stdio: cfg.stdio,
+        pty_sock: pty_pair.as_ref().map_or(-1, |(_, c)| c.as_raw_fd()),
     };
     let mut flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
@@ -319,21 +332,6 @@ pub fn run(cfg: &ContainerConfig) -> Result<Outcome, Error> {
     if cfg.user_namespace {
         flags |= CloneFlags::CLONE_NEWUSER;
     }
-
-    // Signals to the launcher are taken from a signalfd from here on, so a
-    // Ctrl-C cannot end the launcher between clone and cleanup.
-    let mut stop = SigSet::empty();
-    for s in STOP_SIGNALS {
-        stop.add(s);
-    }
-    stop.thread_block()
-        .map_err(|e| Error::Sys("sigprocmask", e))?;
-    let _mask = MaskGuard(old_mask);
-    let sigfd = nix::sys::signalfd::SignalFd::with_flags(
-        &stop,
-        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
-    )
-    .map_err(|e| Error::Sys("signalfd", e))?;
 
     // On v2 the child is created in its group (no move, no RCU wait).
     let cgroup_dir = match cgroup.as_ref().filter(|cg| cg.needs_add()) {
@@ -409,13 +407,197 @@ pub fn run(cfg: &ContainerConfig) -> Result<Outcome, Error> {
         });
     }
 
+    // SAFETY: pidfd_open takes a pid and flags, no pointers; a valid
+    // result is a new descriptor we own.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) } as RawFd;
+    let pidfd = (raw >= 0).then(|| {
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) }
+    });
+    let pty = match &pty_pair {
+        Some((ours, _)) => Some(
+            crate::pty::recv_master(ours.as_raw_fd())
+                .map_err(|e| Error::Sys("receiving the box's terminal", e))?,
+        ),
+        None => None,
+    };
+    guard.0 = None;
+    Ok(Running {
+        pid,
+        pidfd,
+        pty,
+        cgroup,
+        reaped: false,
+        t_exec: Instant::now(),
+        cgroup_create,
+        setup,
+        exec: ExecContext {
+            rootfs: cfg.rootfs.clone(),
+            seccomp: cfg.seccomp,
+            user_namespace: cfg.user_namespace,
+            nofile: (1024.min(hard), hard),
+        },
+    })
+}
+
+/// What an exec into a running box needs to know of how its first
+/// process was confined.
+#[derive(Debug, Clone)]
+pub struct ExecContext {
+    /// The image's root file system on the host (for user names).
+    pub rootfs: std::path::PathBuf,
+    /// The seccomp profile is installed.
+    pub seccomp: bool,
+    /// The box has its own user namespace.
+    pub user_namespace: bool,
+    /// RLIMIT_NOFILE (soft, hard).
+    pub nofile: (u64, u64),
+}
+
+/// A started box: its first process, its cgroups. Dropping it before
+/// [`Running::finish`] kills the box and removes its cgroups.
+#[derive(Debug)]
+pub struct Running {
+    pid: Pid,
+    pidfd: Option<OwnedFd>,
+    pty: Option<OwnedFd>,
+    cgroup: Option<Cgroup>,
+    reaped: bool,
+    t_exec: Instant,
+    cgroup_create: Duration,
+    setup: Duration,
+    exec: ExecContext,
+}
+
+impl Running {
+    /// The box's first process, as the host sees it.
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
+    /// A pidfd of the first process (readable when it exits), where the
+    /// kernel has them.
+    pub fn pidfd(&self) -> Option<RawFd> {
+        self.pidfd.as_ref().map(|f| f.as_raw_fd())
+    }
+
+    /// The master of the box's terminal (with `Stdio::pty`), once.
+    pub fn take_pty(&mut self) -> Option<OwnedFd> {
+        self.pty.take()
+    }
+
+    /// How the first process was confined, for exec.
+    pub fn exec_context(&self) -> &ExecContext {
+        &self.exec
+    }
+
+    /// The box's cgroup directories (what an exec'd process joins).
+    pub fn cgroup_dirs(&self) -> Vec<std::path::PathBuf> {
+        self.cgroup
+            .as_ref()
+            .map(|cg| cg.dirs().map(|d| d.to_path_buf()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Sends `sig` to the box's first process. A process that already
+    /// exited (not yet reaped) is not an error.
+    pub fn signal(&self, sig: i32) -> Result<(), Error> {
+        // SAFETY: kill takes integers only.
+        let r = unsafe { libc::kill(self.pid.as_raw(), sig) };
+        if r != 0 && Errno::last() != Errno::ESRCH {
+            return Err(Error::Sys("signalling the box", Errno::last()));
+        }
+        Ok(())
+    }
+
+    /// The first process's end, if it has ended (it is reaped then).
+    pub fn try_wait(&mut self) -> Result<Option<Exit>, Error> {
+        if self.reaped {
+            return Ok(None);
+        }
+        loop {
+            match nix::sys::wait::waitpid(self.pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => {
+                    self.reaped = true;
+                    return Ok(Some(Exit::Code(code)));
+                }
+                Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => {
+                    self.reaped = true;
+                    return Ok(Some(Exit::Signal(sig as i32)));
+                }
+                Ok(_) => return Ok(None),
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(Error::Sys("waiting for the box", e)),
+            }
+        }
+    }
+
+    /// Cleans up after the first process's `exit`: whatever is left in the
+    /// box's cgroups is killed and the groups are removed.
+    pub fn finish(mut self, exit: Exit, ending: Ending) -> Result<Outcome, Error> {
+        if !self.reaped {
+            let _ = self.signal(libc::SIGKILL);
+            let _ = nix::sys::wait::waitpid(self.pid, None);
+            self.reaped = true;
+        }
+        let workload = self.t_exec.elapsed();
+        let t_clean = Instant::now();
+        let cgroup = self.cgroup.take();
+        let (oom_kills, memory_peak) = cgroup
+            .as_ref()
+            .map_or((0, None), |cg| (cg.oom_kills(), cg.memory_peak()));
+        if let Some(cg) = cgroup {
+            cg.remove()?;
+        }
+        Ok(Outcome {
+            exit,
+            ending,
+            oom_kills,
+            memory_peak,
+            timings: Timings {
+                cgroup_create: self.cgroup_create,
+                setup: self.setup,
+                workload,
+                cleanup: t_clean.elapsed(),
+            },
+        })
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.reaped {
+            let _ = self.signal(libc::SIGKILL);
+            let _ = nix::sys::wait::waitpid(self.pid, None);
+        }
+    }
+}
+
+/// Runs the box described by `cfg` to its end: its exit, its timeout, or
+/// a stop signal to the launcher (which kills it).
+pub fn run(cfg: &ContainerConfig) -> Result<Outcome, Error> {
+    let old_mask = SigSet::thread_get_mask().map_err(|e| Error::Sys("sigprocmask", e))?;
+    // Signals to the launcher are taken from a signalfd from here on, so a
+    // Ctrl-C cannot end the launcher between clone and cleanup.
+    let mut stop = SigSet::empty();
+    for s in STOP_SIGNALS {
+        stop.add(s);
+    }
+    stop.thread_block()
+        .map_err(|e| Error::Sys("sigprocmask", e))?;
+    let _mask = MaskGuard(old_mask);
+    let sigfd = nix::sys::signalfd::SignalFd::with_flags(
+        &stop,
+        nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+    )
+    .map_err(|e| Error::Sys("signalfd", e))?;
+    let mut box_ = start_masked(cfg, old_mask)?;
+
     // Wait for the exit, a timeout or a stop signal.
-    let t_exec = Instant::now();
-    let deadline = cfg.timeout.map(|t| t_exec + t);
-    // SAFETY: pidfd_open takes a pid and flags, no pointers.
-    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) } as RawFd;
+    let deadline = cfg.timeout.map(|t| box_.t_exec + t);
+    let pidfd = box_.pidfd().unwrap_or(-1);
     let mut ending = Ending::Normal;
-    let status = loop {
+    let exit = loop {
         let timeout_ms: i32 = match deadline {
             None => -1,
             Some(d) => d
@@ -452,52 +634,20 @@ pub fn run(cfg: &ContainerConfig) -> Result<Outcome, Error> {
         // SAFETY: polls pollfds we own.
         let r = unsafe { libc::poll(ptr, n, t) };
         if r < 0 && Errno::last() != Errno::EINTR {
-            break Err(Error::Sys("poll", Errno::last()));
+            return Err(Error::Sys("poll", Errno::last()));
         }
         if let Ok(Some(si)) = sigfd.read_signal() {
             ending = Ending::Interrupted(si.ssi_signo as i32);
-            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = box_.signal(libc::SIGKILL);
         } else if deadline.is_some_and(|d| Instant::now() >= d) && ending == Ending::Normal {
             ending = Ending::TimedOut;
-            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+            let _ = box_.signal(libc::SIGKILL);
         }
-        match nix::sys::wait::waitpid(pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => break Ok(Exit::Code(code)),
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => {
-                break Ok(Exit::Signal(sig as i32))
-            }
-            Ok(_) => {}
-            Err(Errno::EINTR) => {}
-            Err(e) => break Err(Error::Sys("waiting for the box", e)),
+        if let Some(exit) = box_.try_wait()? {
+            break exit;
         }
     };
-    if pidfd >= 0 {
-        // SAFETY: the pidfd is ours and closed once.
-        unsafe { libc::close(pidfd) };
-    }
-    guard.0 = None;
-    let exit = status?;
-    let workload = t_exec.elapsed();
-
-    let t_clean = Instant::now();
-    let (oom_kills, memory_peak) = cgroup
-        .as_ref()
-        .map_or((0, None), |cg| (cg.oom_kills(), cg.memory_peak()));
-    if let Some(cg) = cgroup {
-        cg.remove()?;
-    }
-    Ok(Outcome {
-        exit,
-        ending,
-        oom_kills,
-        memory_peak,
-        timings: Timings {
-            cgroup_create,
-            setup,
-            workload,
-            cleanup: t_clean.elapsed(),
-        },
-    })
+    box_.finish(exit, ending)
 }
 
 #[cfg(test)]

@@ -243,6 +243,25 @@ impl Drop for Cgroup {
     }
 }
 
+/// Removes groups a dead launcher left (their paths as
+/// [`Cgroup::dirs`] gave them), killing what is still in them. Only
+/// directories named `twinbox-*` are touched.
+pub fn remove_leftover(paths: &[PathBuf]) -> Result<(), Error> {
+    let dirs: Vec<Dir> = paths
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("twinbox-"))
+        })
+        .map(|p| Dir {
+            path: p.clone(),
+            writes: Vec::new(),
+        })
+        .collect();
+    remove_dirs(&dirs)
+}
+
 fn remove_dirs(dirs: &[Dir]) -> Result<(), Error> {
     let limit = Duration::from_secs(2);
     let start = Instant::now();
