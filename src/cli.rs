@@ -43,6 +43,127 @@ pub enum Command {
     /// Warm-start snapshots of booted VMs: make, list, remove.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Create a box without starting it (`start` starts it).
+    Create(RunArgs),
+    /// Start created or exited boxes, detached.
+    Start {
+        /// Boxes (id, id prefix or name).
+        #[arg(required = true)]
+        boxes: Vec<String>,
+    },
+    /// List boxes.
+    #[command(visible_alias = "list")]
+    Ps(PsArgs),
+    /// Print a box's output (kept after it exits).
+    Logs(LogsArgs),
+    /// Run a command in a running box.
+    Exec(ExecArgs),
+    /// Stop running boxes: SIGTERM, then SIGKILL after the grace period.
+    Stop {
+        /// Seconds to wait before SIGKILL.
+        #[arg(short = 't', long = "time", default_value_t = 10)]
+        time: u64,
+        /// Boxes.
+        #[arg(required = true)]
+        boxes: Vec<String>,
+    },
+    /// Send a signal to running boxes' first processes.
+    Kill {
+        /// The signal (name or number).
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        /// Boxes.
+        #[arg(required = true)]
+        boxes: Vec<String>,
+    },
+    /// Remove boxes.
+    Rm {
+        /// Stop (kill) running ones first.
+        #[arg(short, long)]
+        force: bool,
+        /// Boxes.
+        #[arg(required = true)]
+        boxes: Vec<String>,
+    },
+    /// Wait for boxes to end and print their exit codes.
+    Wait {
+        /// Boxes.
+        #[arg(required = true)]
+        boxes: Vec<String>,
+    },
+    /// Print boxes' records as JSON.
+    Inspect {
+        /// Boxes.
+        #[arg(required = true)]
+        boxes: Vec<String>,
+    },
+    /// A box's supervisor (started by run -d and start).
+    #[command(hide = true)]
+    Supervise {
+        /// The box's id.
+        id: String,
+        /// Where to say that the box started.
+        #[arg(long)]
+        ready_fd: Option<i32>,
+    },
+}
+
+/// `twinbox ps`
+#[derive(Debug, Args)]
+pub struct PsArgs {
+    /// All boxes (default: running ones).
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only ids.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// `json`: one JSON object per line.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+}
+
+/// `twinbox logs`
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Keep printing until the box stops.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub tail: Option<usize>,
+    /// Prefix each line with its time.
+    #[arg(short, long)]
+    pub timestamps: bool,
+    /// The box.
+    pub name: String,
+}
+
+/// `twinbox exec`
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// Pass stdin.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// A terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Start it and return.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Environment.
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory.
+    #[arg(short, long, value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// User.
+    #[arg(short, long, value_name = "USER")]
+    pub user: Option<String>,
+    /// The box.
+    pub name: String,
+    /// The command.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub command: Vec<String>,
 }
 
 /// `twinbox snapshot ...`
@@ -381,7 +502,7 @@ pub enum KernelCommand {
 }
 
 /// The kinds of box.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Isolation {
     /// A microVM: its own kernel, on KVM (the safe default).
@@ -435,6 +556,24 @@ pub struct RunArgs {
     /// (from the kernel's System.map) to FILE.
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
+    /// Run in the background: print the box's id once it runs.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// The box's name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Remove the box when it exits.
+    #[arg(long)]
+    pub rm: bool,
+    /// Keep stdin open.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// A terminal in the box.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Log options: `max-size=SIZE` caps the box's log (default 10m).
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub log_opt: Vec<String>,
     /// The image.
     pub image: String,
     /// The command and its arguments (default: the image's).

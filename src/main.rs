@@ -4,6 +4,7 @@
 //! workload's own code.
 
 mod backends;
+mod boxes;
 mod cli;
 mod commands;
 mod host;
@@ -11,6 +12,8 @@ mod nested;
 mod size;
 mod snapshots;
 mod subjects;
+mod supervisor;
+mod terminal;
 mod workload;
 
 use std::process::ExitCode;
@@ -56,5 +59,18 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Bench(args) => commands::bench::run(args).map(|()| 0),
         Command::Nested(cmd) => commands::nested::run(cmd),
         Command::Snapshot(cmd) => commands::snapshot::run(&open_store, cmd).map(|()| 0),
+        Command::Create(args) => commands::boxes::create_cmd(&open_store()?, &args),
+        Command::Start { boxes } => commands::boxes::start(&open_store()?, &boxes),
+        Command::Ps(args) => commands::boxes::ps(&open_store()?, &args),
+        Command::Logs(args) => commands::boxes::logs(&open_store()?, &args),
+        Command::Exec(args) => commands::boxes::exec(&open_store()?, &args),
+        Command::Stop { time, boxes } => commands::boxes::stop(&open_store()?, time, &boxes),
+        Command::Kill { signal, boxes } => commands::boxes::kill(&open_store()?, &signal, &boxes),
+        Command::Rm { force, boxes } => commands::boxes::rm(&open_store()?, force, &boxes),
+        Command::Wait { boxes } => commands::boxes::wait(&open_store()?, &boxes),
+        Command::Inspect { boxes } => commands::boxes::inspect(&open_store()?, &boxes),
+        Command::Supervise { id, ready_fd } => {
+            supervisor::run(&Store::default_home(), &id, ready_fd)
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use twinbox_images::{Image, Reference, Store};
 
 use crate::cli::{Isolation, RunArgs};
@@ -34,7 +34,7 @@ pub enum Error {
 }
 
 /// Limits on a box.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Limits {
     /// Memory in bytes.
     pub memory: Option<u64>,
@@ -43,7 +43,7 @@ pub struct Limits {
     /// Most tasks alive at once (containers only).
     pub pids: Option<u64>,
     /// Wall-clock limit.
-    #[serde(serialize_with = "ser_duration")]
+    #[serde(serialize_with = "ser_duration", deserialize_with = "de_duration")]
     pub timeout: Option<Duration>,
 }
 
@@ -54,8 +54,14 @@ fn ser_duration<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::O
     }
 }
 
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let secs: Option<f64> = Option::deserialize(d)?;
+    secs.map(|s| Duration::try_from_secs_f64(s).map_err(serde::de::Error::custom))
+        .transpose()
+}
+
 /// One workload, ready for a backend.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Workload {
     /// Which box.
     pub isolation: Isolation,
@@ -77,7 +83,7 @@ pub struct Workload {
     pub limits: Limits,
     /// The image's own command (entrypoint and cmd) and its `PATH`: what a
     /// VM snapshot of the image preloads.
-    #[serde(skip)]
+    #[serde(skip_serializing, default)]
     pub image_command: (Vec<String>, String),
 }
 

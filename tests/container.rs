@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{code, stderr, stdout, Env};
+use common::{cgroups_of, code, host_mounts_of, processes_with, stderr, stdout, Env};
 use twinbox_images::testing::{docker_save_edited, tar_of_dir, Tar};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -79,61 +79,6 @@ fn spawn(env: &Env, args: &[&str]) -> std::io::Result<Child> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-}
-
-/// cgroup directories named after launcher `pid`, anywhere in the host's
-/// cgroup trees (four levels deep covers nesting under the launcher's own).
-fn cgroups_of(pid: u32) -> Vec<PathBuf> {
-    let prefix = format!("twinbox-{pid}-");
-    let mut found = Vec::new();
-    let mut stack = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
-    while let Some((d, depth)) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            if e.file_name().to_string_lossy().starts_with(&prefix) {
-                found.push(e.path());
-            } else if depth < 4 {
-                stack.push((e.path(), depth + 1));
-            }
-        }
-    }
-    found
-}
-
-/// Host processes whose command line holds `marker`.
-fn processes_with(marker: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-                .filter(|p| {
-                    std::fs::read(format!("/proc/{p}/cmdline"))
-                        .map(|c| {
-                            String::from_utf8_lossy(&c)
-                                .replace('\0', " ")
-                                .contains(marker)
-                        })
-                        .unwrap_or(false)
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Host mounts that name the store or an overlay of ours.
-fn host_mounts_of(env: &Env) -> Vec<String> {
-    let home = env.home().to_string_lossy().into_owned();
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(&home))
-        .map(String::from)
-        .collect()
 }
 
 /// The pid of the box's first process: the launcher's child.

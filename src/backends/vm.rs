@@ -71,6 +71,19 @@ pub struct VmBackend {
     pub cold: bool,
     /// Profile the guest and write the report here.
     pub profile: Option<PathBuf>,
+    /// Where the guest's console goes (default: stdout); a detached box's
+    /// supervisor gives a pipe to its log.
+    pub console: Option<std::sync::Arc<std::fs::File>>,
+}
+
+impl VmBackend {
+    /// A writer for the guest's console.
+    fn console(&self) -> Box<dyn std::io::Write + Send> {
+        match self.console.as_ref().map(|f| f.try_clone()) {
+            Some(Ok(f)) => Box::new(f),
+            _ => Box::new(std::io::stdout()),
+        }
+    }
 }
 
 /// How often the profiler samples.
@@ -394,12 +407,12 @@ impl VmBackend {
     fn run_vm(&self, w: &Workload) -> Result<(vm::Outcome, Prepared, Start)> {
         let p = self.prepare(w)?;
         let Some(key) = p.key.clone() else {
-            let o = vm::run(&p.config, Box::new(std::io::stdout()))?;
+            let o = vm::run(&p.config, self.console())?;
             return Ok((o, p, Start::Cold));
         };
         if let Some(why) = crate::snapshots::broken(&key) {
             eprintln!("twinbox: booting (a snapshot of this VM could not be restored here: {why}; `twinbox snapshot prune` to try again)");
-            let o = vm::run(&p.config, Box::new(std::io::stdout()))?;
+            let o = vm::run(&p.config, self.console())?;
             return Ok((o, p, Start::Cold));
         }
         let t0 = std::time::Instant::now();
@@ -419,7 +432,7 @@ impl VmBackend {
                         crate::snapshots::mark_broken(&key, &format!("{e:#}"));
                     }
                     eprintln!("twinbox: warning: no snapshot ({e:#}); booting instead");
-                    let o = vm::run(&p.config, Box::new(std::io::stdout()))?;
+                    let o = vm::run(&p.config, self.console())?;
                     return Ok((o, p, Start::Cold));
                 }
             }
@@ -431,7 +444,7 @@ impl VmBackend {
         };
         // The time limit is the run's, snapshot making included.
         c.timeout = c.timeout.map(|t| t.saturating_sub(t0.elapsed()));
-        match vm::run(&c, Box::new(std::io::stdout())) {
+        match vm::run(&c, self.console()) {
             Ok(o) => Ok((o, p, start)),
             Err(e) => {
                 let unusable = matches!(e, vm::Error::Snapshot(_));
@@ -456,7 +469,7 @@ impl VmBackend {
                         key.hash()
                     );
                 }
-                let o = vm::run(&p.config, Box::new(std::io::stdout()))?;
+                let o = vm::run(&p.config, self.console())?;
                 Ok((o, p, Start::Cold))
             }
         }

@@ -12,6 +12,13 @@ use crate::workload;
 
 /// Runs `twinbox run`; returns the workload's exit code.
 pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
+    // A box that lives: detached, named, or with a terminal.
+    if args.detach || args.name.is_some() || args.tty {
+        return crate::commands::boxes::run(store, args);
+    }
+    if args.interactive && args.isolation == Isolation::Vm {
+        anyhow::bail!("-i: a VM gets no stdin yet (it needs the guest agent channel, not built yet); use --isolation container");
+    }
     let w = workload::resolve(store, args)?;
     if args.profile.is_some() && w.isolation != Isolation::Vm {
         anyhow::bail!("--profile profiles a guest: it needs --isolation vm");
@@ -26,6 +33,7 @@ pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
                 debug: args.debug,
                 cold: args.cold,
                 profile: args.profile.clone(),
+                console: None,
             }
             .run(&w)?;
             Ok(code as u8)

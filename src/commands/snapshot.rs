@@ -56,6 +56,12 @@ fn make(store: &Store, memory: Option<String>, cpus: Option<String>, image: Stri
         debug: false,
         cold: false,
         profile: None,
+        detach: false,
+        name: None,
+        rm: false,
+        interactive: false,
+        tty: false,
+        log_opt: Vec::new(),
         image,
         command: vec!["true".into()],
     };
@@ -64,6 +70,7 @@ fn make(store: &Store, memory: Option<String>, cpus: Option<String>, image: Stri
         debug: false,
         cold: false,
         profile: None,
+        console: None,
     };
     let p = backend.prepare(&w)?;
     let Some(key) = p.key.clone() else {

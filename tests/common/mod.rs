@@ -4,6 +4,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
+pub mod pty;
 use std::process::{Command, Output};
 
 /// A private twinbox home (store) and cache for one test.
@@ -138,4 +140,59 @@ pub fn copy_dir_sparse(from: &Path, to: &Path) -> std::io::Result<()> {
         dst.set_len(meta.len())?;
     }
     Ok(())
+}
+
+/// cgroup directories named after launcher `pid`, anywhere in the host's
+/// cgroup trees (four levels deep covers nesting under the launcher's own).
+pub fn cgroups_of(pid: u32) -> Vec<PathBuf> {
+    let prefix = format!("twinbox-{pid}-");
+    let mut found = Vec::new();
+    let mut stack = vec![(PathBuf::from("/sys/fs/cgroup"), 0)];
+    while let Some((d, depth)) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if e.file_name().to_string_lossy().starts_with(&prefix) {
+                found.push(e.path());
+            } else if depth < 4 {
+                stack.push((e.path(), depth + 1));
+            }
+        }
+    }
+    found
+}
+
+/// Host processes whose command line holds `marker`.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|p| {
+                    std::fs::read(format!("/proc/{p}/cmdline"))
+                        .map(|c| {
+                            String::from_utf8_lossy(&c)
+                                .replace('\0', " ")
+                                .contains(marker)
+                        })
+                        .unwrap_or(false)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Host mounts that name the store or an overlay of ours.
+pub fn host_mounts_of(env: &Env) -> Vec<String> {
+    let home = env.home().to_string_lossy().into_owned();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&home))
+        .map(String::from)
+        .collect()
 }
