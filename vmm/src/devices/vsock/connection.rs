@@ -406,6 +406,7 @@ impl Connection {
         } else if self.state == State::Established
             && !self.to_guest.is_empty()
             && self.peer_credit() > 0
+            && room > 0
         {
             let n = self
                 .to_guest

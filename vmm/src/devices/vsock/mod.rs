@@ -231,6 +231,9 @@ impl Vsock {
             let len = match packet::rx_chain(chain) {
                 Ok(buf) => match self.host.next_for_guest(buf.room()) {
                     Some((h, data)) => buf.write(mem, &h, &data).unwrap_or(0),
+                    // Only data is owed and the buffer has no room for
+                    // any: it goes back empty, as a bad one does.
+                    None if buf.room() == 0 => 0,
                     None => {
                         rx.go_to_previous_position();
                         break;
