@@ -44,8 +44,9 @@
 //! (as Firecracker does) as soon as the guest has an event buffer posted:
 //! the guest then resets any connection it still believed open (none, if
 //! the snapshot was taken at the ready mark) instead of waiting on it for
-//! ever, and reads its CID again, so a restored VM may have another CID
-//! than the one it was saved with.
+//! ever, and reads its CID again. Restore with the CID the snapshot was
+//! made with all the same: packets the guest sends before it has handled
+//! the event carry the old one, and a packet from another CID is dropped.
 
 pub mod connection;
 pub mod packet;
