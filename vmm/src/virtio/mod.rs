@@ -36,9 +36,10 @@ pub mod slot {
 
     /// Size of one device's MMIO window (registers and configuration).
     pub const SIZE: u64 = 0x1000;
-    /// Most virtio-mmio devices (their windows fill 64 KiB from
-    /// [`layout::VIRTIO_MMIO_BASE`]).
-    pub const MAX: u32 = 16;
+    /// Most virtio-mmio devices: GSIs 5 to 15, the ISA IRQs the MP table
+    /// routes to the I/O APIC (`arch/mptable.rs`; past 15 it would need
+    /// entries of its own).
+    pub const MAX: u32 = 11;
     /// GSI of the first device; the serial port has 4.
     pub const FIRST_GSI: u32 = 5;
 
@@ -120,5 +121,40 @@ impl Interrupt {
 
     fn set_status(&mut self, bits: u32) {
         self.status = bits & (INT_VRING | INT_CONFIG);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_windows_sit_in_the_mmio_gap_clear_of_everything_else() {
+        let last = slot::base(slot::MAX - 1) + slot::SIZE;
+        assert!(slot::base(0) >= layout::MMIO_GAP_START);
+        // Below KVM's TSS, the I/O APIC and the LAPIC, and above RAM (which
+        // stops at the gap; pmem and the mailbox are above 4 GiB).
+        assert!(last <= layout::KVM_TSS);
+        assert!(last <= u64::from(layout::IOAPIC_ADDR));
+        let ram = layout::ram_regions(64 << 30);
+        assert!(ram
+            .iter()
+            .all(|&(s, l)| s + l <= slot::base(0) || s >= layout::MMIO_GAP_END));
+        assert!(crate::pmem::base_for(64 << 30) >= layout::MMIO_GAP_END);
+        // GSIs after the UART's 4, within the MP table's ISA IRQs.
+        assert_eq!(slot::gsi(0), 5);
+        assert_eq!(slot::gsi(slot::MAX - 1), 15);
+        assert_eq!(slot::cmdline(0), "virtio_mmio.device=4K@0xd0000000:5");
+    }
+
+    #[test]
+    fn the_interrupt_keeps_its_bits_until_acked() {
+        let mut i = Interrupt::new(EventFd::new(0).expect("eventfd"));
+        i.raise(INT_VRING);
+        i.raise(INT_CONFIG);
+        assert_eq!(i.status(), 3);
+        i.ack(INT_VRING);
+        assert_eq!(i.status(), INT_CONFIG);
+        assert_eq!(i.irq.read().ok(), Some(2), "two edges");
     }
 }
