@@ -97,9 +97,9 @@ pub struct VmConfig {
 /// The vsock device: the guest's CID and the VM's Unix socket.
 ///
 /// While the VM runs, the VMM serves a Unix socket at `uds_path` (made
-/// by it, mode 0600, removed when the VM ends; an existing socket there
-/// is replaced, anything else is refused). A host process connects to it,
-/// writes `CONNECT <port>\n`, reads `OK <host port>\n` once the guest
+/// by it, mode 0600, removed when the VM ends; a stale socket there is
+/// replaced, one another process serves or anything else is refused).
+/// A host process connects to it, writes `CONNECT <port>\n`, reads `OK <host port>\n` once the guest
 /// accepted the connection on vsock port `<port>`, and then has the byte
 /// stream; the socket is closed if the guest refuses. A guest connecting
 /// to the host (CID 2) port `P` is connected to the Unix socket

@@ -72,6 +72,9 @@ pub enum Error {
     /// The VM's socket path holds something that is not a socket.
     #[error("{0} exists and is not a socket: not replaced")]
     NotASocket(std::path::PathBuf),
+    /// Something serves the VM's socket path already (another VM).
+    #[error("{0} is served by another process: not replaced")]
+    InUse(std::path::PathBuf),
     /// The VM's socket could not be made.
     #[error("{0} the vsock socket {1}")]
     Socket(&'static str, std::path::PathBuf, #[source] std::io::Error),
@@ -848,6 +851,8 @@ mod tests {
             std::fs::metadata(&path)?.permissions().mode() & 0o777,
             0o600
         );
+        // A live one is not replaced.
+        assert!(matches!(uds::bind(&path), Err(Error::InUse(_))));
         drop(l);
         // A stale socket (its listener gone, the file left) is replaced.
         std::mem::forget(b);

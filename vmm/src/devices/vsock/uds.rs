@@ -70,12 +70,14 @@ impl Drop for Bound {
 
 /// Binds the VM's socket at `path`, mode 0600: bound under a temporary
 /// name beside it, made private, then renamed into place, so that no one
-/// else can connect in between. An existing socket at `path` (a stale
-/// one) is replaced; anything else there is refused.
+/// else can connect in between. An existing socket at `path` that no one
+/// serves (a stale one) is replaced; one that is served (another VM's),
+/// or anything that is not a socket, is refused.
 pub fn bind(path: &Path) -> Result<(UnixListener, Bound), Error> {
     let io = |what: &'static str| move |e: io::Error| Error::Socket(what, path.to_path_buf(), e);
     match std::fs::symlink_metadata(path) {
         Ok(m) if !m.file_type().is_socket() => return Err(Error::NotASocket(path.to_path_buf())),
+        Ok(_) if UnixStream::connect(path).is_ok() => return Err(Error::InUse(path.to_path_buf())),
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io("looking at")(e)),
