@@ -99,11 +99,12 @@ pub struct VmConfig {
 /// While the VM runs, the VMM serves a Unix socket at `uds_path` (made
 /// by it, mode 0600, removed when the VM ends; a stale socket there is
 /// replaced, one another process serves or anything else is refused).
-/// A host process connects to it, writes `CONNECT <port>\n`, reads `OK <host port>\n` once the guest
-/// accepted the connection on vsock port `<port>`, and then has the byte
-/// stream; the socket is closed if the guest refuses. A guest connecting
-/// to the host (CID 2) port `P` is connected to the Unix socket
-/// `<uds_path>_<P>`, if one listens there (else refused).
+/// A host process connects to it, writes `CONNECT <port>\n`, reads
+/// `OK <host port>\n` once the guest accepted the connection on vsock
+/// port `<port>`, and then has the byte stream; the socket is closed if
+/// the guest refuses (or is not up yet: retry). A guest connecting to the
+/// host (CID 2) port `P` is connected to the Unix socket `<uds_path>_<P>`,
+/// if one listens there (else refused).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VsockConfig {
     /// The guest's context ID: 3 or more (0-2 are reserved), below
