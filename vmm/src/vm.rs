@@ -406,19 +406,17 @@ fn run_here(
             Box::new(move |routes| install_routes(&routes_vm, routes)),
         );
     }
-    let mut vsock_worker = None;
+    let mut vsock_parts = None;
     if let (Some(v), Some(listener)) = (&config.vsock, listener) {
-        let (device, worker) = start_vsock(
+        let (device, epoll, notify) = make_vsock(
             &vm,
             &mem,
             v,
             listener,
             restore.as_ref().and_then(|r| r.state.vsock.as_ref()),
-            config.seccomp,
-            tx.clone(),
         )?;
-        devices = devices.with_vsock(device, slot::base(0));
-        vsock_worker = Some(worker);
+        devices = devices.with_vsock(device.clone(), slot::base(0));
+        vsock_parts = Some((device, epoll, notify));
     }
     devices = match (&config.snapshot, mailbox_base, &config.mailbox) {
         (Snapshot::Take, _, _) => devices.with_ready(AtReady::Pause),
@@ -470,6 +468,23 @@ fn run_here(
             .collect::<Result<Vec<_>, _>>()?,
     };
     drop(restore);
+    // The device thread starts once the vCPUs exist (restored ones with
+    // their LAPICs back): an interrupt it raises from now on reaches them.
+    let mut vsock_worker = match vsock_parts {
+        Some((device, epoll, notify)) => {
+            let events = tx.clone();
+            Some(vsock::spawn(
+                device,
+                epoll,
+                notify,
+                config.seccomp,
+                Box::new(move |e| {
+                    let _ = events.send(Event::DeviceFailed(e));
+                }),
+            )?)
+        }
+        None => None,
+    };
 
     let sampler = config
         .profile
@@ -677,17 +692,16 @@ fn load_guest(
 }
 
 /// Makes the vsock device (in slot 0: its MMIO window, its GSI's irqfd,
-/// its QueueNotify ioeventfd), restored from `saved` if given, and starts
-/// its thread, which reports a failure to `events`.
-fn start_vsock(
+/// its QueueNotify ioeventfd), restored from `saved` if given; returns it
+/// with the epoll set and notify eventfd its thread ([`vsock::spawn`])
+/// waits on.
+fn make_vsock(
     vm: &VmFd,
     mem: &GuestMemoryMmap,
     config: &config::VsockConfig,
     listener: UnixListener,
     saved: Option<&TransportState>,
-    seccomp: bool,
-    events: mpsc::Sender<Event>,
-) -> Result<(vsock::Shared, vsock::Worker), Error> {
+) -> Result<(vsock::Shared, Arc<vmm_sys_util::epoll::Epoll>, EventFd), Error> {
     let fd = || EventFd::new(EFD_NONBLOCK).map_err(vsock::Error::EventFd);
     let (irq, notify) = (fd()?, fd()?);
     vm.register_irqfd(&irq, slot::gsi(0))
@@ -712,17 +726,7 @@ fn start_vsock(
         }
         None => MmioTransport::new(device, mem.clone(), irq, kick)?,
     };
-    let shared = Arc::new(Mutex::new(transport));
-    let worker = vsock::spawn(
-        shared.clone(),
-        epoll,
-        notify,
-        seccomp,
-        Box::new(move |e| {
-            let _ = events.send(Event::DeviceFailed(e));
-        }),
-    )?;
-    Ok((shared, worker))
+    Ok((Arc::new(Mutex::new(transport)), epoll, notify))
 }
 
 /// Waits for the first stop event or the timeout, calling `tick` every

@@ -159,6 +159,8 @@ pub struct MmioTransport<D> {
     queue_sel: u32,
     config_generation: u32,
     active: bool,
+    /// A restored interrupt to raise again.
+    replay: bool,
 }
 
 fn queues_for(sizes: &[u16]) -> Result<Vec<Queue>, Error> {
@@ -191,6 +193,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             queue_sel: 0,
             config_generation: 0,
             active: false,
+            replay: false,
         })
     }
 
@@ -233,11 +236,9 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if t.status & status::DRIVER_OK != 0 && t.status & status::NEEDS_RESET == 0 {
             t.activate();
         }
-        if t.interrupt.status() != 0 {
-            // The guest may not have seen it before the snapshot.
-            let bits = t.interrupt.status();
-            t.interrupt.raise(bits);
-        }
+        // The guest may not have seen it before the snapshot: raised
+        // again by `replay` once the vCPUs run.
+        t.replay = t.interrupt.status() != 0;
         Ok(t)
     }
 
@@ -252,6 +253,15 @@ impl<D: VirtioDevice> MmioTransport<D> {
             interrupt_status: self.interrupt.status(),
             config_generation: self.config_generation,
             queues: self.queues.iter().map(Queue::state).collect(),
+        }
+    }
+
+    /// Raises again the interrupt a restored transport was saved with,
+    /// once: for its device thread to call when the vCPUs exist.
+    pub fn replay(&mut self) {
+        if std::mem::take(&mut self.replay) {
+            let bits = self.interrupt.status();
+            self.interrupt.raise(bits);
         }
     }
 

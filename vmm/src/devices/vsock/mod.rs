@@ -13,7 +13,9 @@
 //! guest's CID (`le64`). Features: VERSION_1 only (stream sockets; no
 //! SEQPACKET, no EVENT_IDX).
 //!
-//! Threads: one, `vsock`, started with the VM ([`spawn`]). It waits in
+//! Threads: one, `vsock`, started with the VM ([`spawn`]) once its vCPUs
+//! exist (an interrupt raised before a restored vCPU's LAPIC is written
+//! back would be lost). It waits in
 //! epoll on a stop eventfd, the queue-notify eventfd (which KVM signals on
 //! the guest's QueueNotify writes, `KVM_IOEVENTFD`; the MMIO exit path
 //! signals it too where KVM did not take it), the VM's listening socket
@@ -364,6 +366,7 @@ pub fn spawn(
 /// then the queues (if the driver activated the device). Returns the
 /// timeout of the next wait, or `None` when told to stop.
 fn round(t: &mut MmioTransport<Vsock>, notify: &EventFd, events: &[EpollEvent]) -> Option<i32> {
+    t.replay();
     let active = t.is_active();
     let (dev, queues, mem, irq) = t.parts();
     for ev in events {
