@@ -652,6 +652,54 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_driver_writing_garbage_everywhere_never_breaks_the_transport() {
+        // xorshift64: the same garbage every run.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut t = transport();
+        let mut activations = 0;
+        for i in 0..200_000 {
+            // Now and then a proper driver, so that garbage also meets a
+            // live device.
+            if i % 1000 == 0 {
+                handshake(&mut t, F_VERSION_1);
+            }
+            let r = next();
+            let offset = (r & 0x1ff) & !(r >> 40 & 3);
+            let len = [1usize, 2, 4, 8][(r >> 20 & 3) as usize];
+            let bytes = next().to_le_bytes();
+            // Status writes are mostly the handshake's bits, so that the
+            // device gets activated and reset along the way.
+            let data = match offset {
+                REG_STATUS => {
+                    u64::from([0u8, 1, 3, 11, 15, 0x80][(r >> 30) as usize % 6]).to_le_bytes()
+                }
+                _ => bytes,
+            };
+            if r >> 63 == 0 {
+                t.write(offset, &data[..len]);
+            } else {
+                let mut out = [0u8; 8];
+                t.read(offset, &mut out[..len]);
+            }
+            assert!(!t.is_active() || t.status & status::DRIVER_OK != 0);
+            // Negotiated features are only ever offered ones.
+            let negotiated = t.status & status::FEATURES_OK != 0;
+            assert!(!negotiated || t.driver_features & !t.device.features() == 0);
+            activations += u32::from(t.device.activated.is_some());
+        }
+        assert!(
+            activations > 1000,
+            "only {activations} accesses met a live device"
+        );
+    }
+
+    #[test]
     fn a_saved_transport_restores_and_a_bad_one_is_refused() -> Result<(), Error> {
         let mut t = transport();
         handshake(&mut t, F_VERSION_1);
