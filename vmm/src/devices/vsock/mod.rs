@@ -796,6 +796,34 @@ mod tests {
     }
 
     #[test]
+    fn silent_clients_and_silent_guests_run_out_of_time() -> TestResult {
+        let mut rig = Rig::new()?;
+        // A client that never sends its line; one whose REQUEST the guest
+        // never answers.
+        let mut mute = UnixStream::connect(&rig.path)?;
+        let mut asked = UnixStream::connect(&rig.path)?;
+        asked.write_all(b"CONNECT 5\n")?;
+        rig.pump();
+        assert_eq!(rig.t.device().host().connections(), 2);
+        rig.post_rx(1);
+        let _ = rig.notify.write(1);
+        rig.pump();
+        assert_eq!(rig.received()[0].0.op, op::REQUEST);
+        let later = Instant::now() + connection::CONNECT_TIMEOUT + connection::HANDSHAKE_TIMEOUT;
+        rig.t.parts().0.host.expire(later);
+        assert_eq!(rig.t.device().host().connections(), 0);
+        let mut b = [0u8; 1];
+        assert_eq!(mute.read(&mut b)?, 0);
+        assert_eq!(asked.read(&mut b)?, 0);
+        // The guest, which was asked, is told the request is withdrawn.
+        rig.post_rx(1);
+        let _ = rig.notify.write(1);
+        rig.pump();
+        assert_eq!(rig.received()[0].0.op, op::RST);
+        Ok(())
+    }
+
+    #[test]
     fn connections_are_bounded() -> TestResult {
         let mut rig = Rig::new()?;
         let mut clients = Vec::new();
