@@ -49,7 +49,11 @@ fn main() {
     println!("cargo:rerun-if-changed=src/seccomp/rules.rs");
     println!("cargo:rerun-if-changed=build.rs");
     let dir = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
-    for (name, list) in [("vcpu", rules::vcpu()), ("vmm", rules::vmm())] {
+    for (name, list) in [
+        ("vcpu", rules::vcpu()),
+        ("vmm", rules::vmm()),
+        ("vsock", rules::vsock()),
+    ] {
         std::fs::write(format!("{dir}/{name}.bpf"), compile(&list)).expect("write BPF");
     }
 }

@@ -31,6 +31,9 @@ pub enum Error {
     /// Command line too long or with a NUL byte.
     #[error("kernel command line: {0}")]
     Cmdline(String),
+    /// A vsock device that cannot work.
+    #[error("vsock: {0}")]
+    Vsock(String),
 }
 
 /// Smallest guest memory: room for the boot structures, a kernel and a stack.
@@ -86,7 +89,34 @@ pub struct VmConfig {
     /// Warm start: stop at init's ready mark and hand the machine back to
     /// be saved, or start from a saved one.
     pub snapshot: Snapshot,
+    /// A virtio-vsock device whose host side is a Unix socket
+    /// ([`crate::devices::vsock`]); none by default.
+    pub vsock: Option<VsockConfig>,
 }
+
+/// The vsock device: the guest's CID and the VM's Unix socket.
+///
+/// While the VM runs, the VMM serves a Unix socket at `uds_path` (made
+/// by it, mode 0600, removed when the VM ends; a stale socket there is
+/// replaced, one another process serves or anything else is refused).
+/// A host process connects to it, writes `CONNECT <port>\n`, reads
+/// `OK <host port>\n` once the guest accepted the connection on vsock
+/// port `<port>`, and then has the byte stream; the socket is closed if
+/// the guest refuses (or is not up yet: retry). A guest connecting to the
+/// host (CID 2) port `P` is connected to the Unix socket `<uds_path>_<P>`,
+/// if one listens there (else refused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID: 3 or more (0-2 are reserved), below
+    /// 2^32 - 1 (Linux keeps CIDs in 32 bits; all ones is "any").
+    pub guest_cid: u64,
+    /// Where the VM's Unix socket goes.
+    pub uds_path: PathBuf,
+}
+
+/// Longest socket path (`sockaddr_un` holds 108 bytes with the NUL);
+/// guest-initiated connections add `_<port>` (up to 11 more) to it.
+pub const UDS_PATH_MAX: usize = 107;
 
 /// What a run does with snapshots ([`crate::snapshot`]).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -133,6 +163,27 @@ impl std::str::FromStr for Irqchip {
     }
 }
 
+impl VsockConfig {
+    /// Checks the CID and the socket path.
+    pub fn validate(&self) -> Result<(), Error> {
+        if !(3..u64::from(u32::MAX)).contains(&self.guest_cid) {
+            return Err(Error::Vsock(format!(
+                "guest CID {}: want 3 to {}",
+                self.guest_cid,
+                u32::MAX - 1
+            )));
+        }
+        let len = self.uds_path.as_os_str().len();
+        if len == 0 || len > UDS_PATH_MAX {
+            return Err(Error::Vsock(format!(
+                "socket path {}: want 1 to {UDS_PATH_MAX} bytes",
+                self.uds_path.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl VmConfig {
     /// A config with 1 vCPU and 128 MiB.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
@@ -150,6 +201,7 @@ impl VmConfig {
             profile: None,
             mailbox: None,
             snapshot: Snapshot::None,
+            vsock: None,
         }
     }
 
@@ -196,6 +248,9 @@ impl VmConfig {
         {
             return Err(Error::Profile(p));
         }
+        if let Some(v) = &self.vsock {
+            v.validate()?;
+        }
         Ok(())
     }
 
@@ -237,5 +292,18 @@ mod tests {
         assert!(matches!(c.validate(None, 2), Err(Error::Profile(_))));
         c.profile = Some(Duration::from_millis(10));
         assert!(c.validate(None, 2).is_ok());
+        for (cid, path, ok) in [
+            (3, "/tmp/v.sock", true),
+            (2, "/tmp/v.sock", false),
+            (u64::from(u32::MAX), "/tmp/v.sock", false),
+            (3, "", false),
+            (3, &*"x".repeat(108), false),
+        ] {
+            c.vsock = Some(VsockConfig {
+                guest_cid: cid,
+                uds_path: path.into(),
+            });
+            assert_eq!(c.validate(None, 2).is_ok(), ok, "{cid} {path}");
+        }
     }
 }

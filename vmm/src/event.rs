@@ -16,6 +16,8 @@ pub enum Event {
     Halted(u32),
     /// KVM failed or reported an exit the VMM does not handle `(vcpu, what)`.
     Failed(u32, String),
+    /// A device's thread failed (what, and why).
+    DeviceFailed(String),
     /// The guest's init marked *ready* and the VMM is to take a snapshot:
     /// the vCPU that wrote the mark has stopped.
     Ready,

@@ -9,9 +9,10 @@
 //! guest memory, in that order, before it returns.
 
 use std::io::Write;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use kvm_bindings::{
     kvm_cpuid_entry2, kvm_enable_cap, kvm_irq_routing_msi, kvm_pit_config, KvmIrqRouting,
     KVM_CAP_SPLIT_IRQCHIP, KVM_IRQ_ROUTING_MSI, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY,
 };
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, NoDatamatch, VcpuFd, VmFd};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
@@ -27,12 +28,14 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::arch::{boot_params, cpuid, layout, mptable, pmu, regs};
 use crate::config::{self, Irqchip, Snapshot, VmConfig};
 use crate::devices::ports::{AtReady, Mark};
-use crate::devices::{ioapic, serial::Console, Devices};
+use crate::devices::{ioapic, serial::Console, vsock, Devices};
 use crate::event::Event;
 use crate::profile::{Profile, Sampler, StatsPoint};
 use crate::snapshot::machine::{IoapicState, MachineState};
 use crate::snapshot::vcpu::VcpuState;
 use crate::stats::StatsFd;
+use crate::virtio::mmio::{MmioTransport, TransportState, REG_QUEUE_NOTIFY};
+use crate::virtio::slot;
 use crate::{hypervisor, loader, mailbox, memory, snapshot, vcpu};
 
 /// Errors of building or running a VM. A guest that misbehaves is not an
@@ -75,6 +78,12 @@ pub enum Error {
     /// The VMM thread panicked (a bug in the VMM, not the guest).
     #[error("the VMM thread panicked")]
     Panicked,
+    /// The vsock device could not be set up.
+    #[error("vsock")]
+    Vsock(#[from] vsock::Error),
+    /// A virtio transport could not be made.
+    #[error("virtio")]
+    Virtio(#[from] crate::virtio::mmio::Error),
 }
 
 /// Why the VM stopped.
@@ -97,7 +106,8 @@ pub enum StopReason {
     Halted,
     /// The timeout passed; the VMM stopped the VM.
     TimedOut(Duration),
-    /// KVM failed while the guest ran.
+    /// KVM failed while the guest ran (or a device thread of the VMM did:
+    /// the message says which).
     KvmError(String),
     /// The guest's init marked ready and the VM stopped there for a
     /// snapshot ([`crate::config::Snapshot::Take`]).
@@ -189,14 +199,28 @@ fn host_memory() -> Option<u64> {
 /// With [`Snapshot::Take`], the VM stops at the guest's ready mark and
 /// comes back in [`Outcome::captured`], its state read here, in the
 /// caller's (unfiltered) thread.
+///
+/// With [`VmConfig::vsock`], the VM's Unix socket is bound here (in the
+/// caller's thread) before the VM is built and removed when `run`
+/// returns, whatever the outcome.
 pub fn run(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome, Error> {
     let config = config.clone();
-    let (mut outcome, paused) = std::thread::Builder::new()
+    let (listener, bound) = match &config.vsock {
+        Some(v) => {
+            v.validate()?;
+            let (l, b) = vsock::uds::bind(&v.uds_path)?;
+            (Some(l), Some(b))
+        }
+        None => (None, None),
+    };
+    let ran = std::thread::Builder::new()
         .name("vmm".into())
-        .spawn(move || run_here(&config, console))
+        .spawn(move || run_here(&config, console, listener));
+    let (mut outcome, paused) = ran
         .map_err(Error::Thread)?
         .join()
         .map_err(|_| Error::Panicked)??;
+    drop(bound);
     if let Some(p) = paused {
         outcome.captured = Some(capture(p)?);
     }
@@ -214,6 +238,7 @@ struct Paused {
     cpuid: Vec<kvm_cpuid_entry2>,
     serial: vm_superio::serial::SerialState,
     ioapic: (u32, u32, [u64; ioapic::PINS]),
+    vsock: Option<TransportState>,
 }
 
 /// Reads the whole state of a paused VM, then lets go of it but its memory.
@@ -257,6 +282,7 @@ fn capture(mut p: Paused) -> Result<Captured, Error> {
             },
             serial: p.serial,
             vcpus,
+            vsock: p.vsock,
         },
         memory: p.mem,
     })
@@ -265,6 +291,7 @@ fn capture(mut p: Paused) -> Result<Captured, Error> {
 fn run_here(
     config: &VmConfig,
     console: Box<dyn Write + Send>,
+    listener: Option<UnixListener>,
 ) -> Result<(Outcome, Option<Paused>), Error> {
     let t0 = Instant::now();
     let mut timings = Timings::default();
@@ -292,6 +319,11 @@ fn run_here(
         Snapshot::Restore { dir, key } => {
             let s = snapshot::dir::load(dir, key)?;
             s.check(size, config.vcpus, pmem_range, mailbox_base)?;
+            if s.state.vsock.is_some() != config.vsock.is_some() {
+                return Err(Error::Snapshot(snapshot::Error::Snapshot(
+                    "made with another vsock device (or none)".into(),
+                )));
+            }
             Some(s)
         }
         _ => None,
@@ -374,6 +406,18 @@ fn run_here(
             Box::new(move |routes| install_routes(&routes_vm, routes)),
         );
     }
+    let mut vsock_parts = None;
+    if let (Some(v), Some(listener)) = (&config.vsock, listener) {
+        let (device, epoll, notify) = make_vsock(
+            &vm,
+            &mem,
+            v,
+            listener,
+            restore.as_ref().and_then(|r| r.state.vsock.as_ref()),
+        )?;
+        devices = devices.with_vsock(device.clone(), slot::base(0));
+        vsock_parts = Some((device, epoll, notify));
+    }
     devices = match (&config.snapshot, mailbox_base, &config.mailbox) {
         (Snapshot::Take, _, _) => devices.with_ready(AtReady::Pause),
         (Snapshot::None, Some(base), Some(payload)) => {
@@ -424,6 +468,23 @@ fn run_here(
             .collect::<Result<Vec<_>, _>>()?,
     };
     drop(restore);
+    // The device thread starts once the vCPUs exist (restored ones with
+    // their LAPICs back): an interrupt it raises from now on reaches them.
+    let mut vsock_worker = match vsock_parts {
+        Some((device, epoll, notify)) => {
+            let events = tx.clone();
+            Some(vsock::spawn(
+                device,
+                epoll,
+                notify,
+                config.seccomp,
+                Box::new(move |e| {
+                    let _ = events.send(Event::DeviceFailed(e));
+                }),
+            )?)
+        }
+        None => None,
+    };
 
     let sampler = config
         .profile
@@ -487,6 +548,12 @@ fn run_here(
     stop.store(true, Ordering::Release);
     let count = threads.len();
     let vcpus = stop_threads(threads);
+    // Stopped after the vCPUs: no register access is in flight when its
+    // state is read.
+    if let Some(w) = vsock_worker.take() {
+        let _ = w.stop();
+    }
+    let vsock_state = devices.vsock_state();
     let console_tail = devices.console_tail();
     let marks = devices.marks();
     let (serial, io) = devices.state();
@@ -516,6 +583,7 @@ fn run_here(
             cpuid: vcpu0_cpuid(&supported).as_slice().to_vec(),
             serial,
             ioapic,
+            vsock: vsock_state,
         }),
         _ => {
             drop(vcpus);
@@ -590,11 +658,18 @@ fn load_guest(
         true => None,
         false => Some(loader::initrd(mem, &config.initrd, low_end, loaded.end)?),
     };
-    let cmdline = match (config.cmdline.is_empty(), kind.guest_cmdline()) {
+    let mut cmdline = match (config.cmdline.is_empty(), kind.guest_cmdline()) {
         (_, "") => config.cmdline.clone(),
         (true, extra) => extra.to_string(),
         (false, extra) => format!("{} {extra}", config.cmdline),
     };
+    if config.vsock.is_some() {
+        // The guest finds virtio-mmio devices only on its command line.
+        if !cmdline.is_empty() {
+            cmdline.push(' ');
+        }
+        cmdline.push_str(&slot::cmdline(0));
+    }
     let cmdline_len = loader::cmdline(mem, &cmdline)?;
     let seed = boot_params::rng_seed().map_err(|e| Error::Boot(e.to_string()))?;
     let mut pmem: Vec<(u64, u64)> = pmem_range.into_iter().collect();
@@ -614,6 +689,44 @@ fn load_guest(
     mptable::write(mem, config.vcpus).map_err(|e| Error::Boot(e.to_string()))?;
     regs::write_tables(mem).map_err(|e| Error::Boot(e.to_string()))?;
     Ok(loaded.entry)
+}
+
+/// Makes the vsock device (in slot 0: its MMIO window, its GSI's irqfd,
+/// its QueueNotify ioeventfd), restored from `saved` if given; returns it
+/// with the epoll set and notify eventfd its thread ([`vsock::spawn`])
+/// waits on.
+fn make_vsock(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    config: &config::VsockConfig,
+    listener: UnixListener,
+    saved: Option<&TransportState>,
+) -> Result<(vsock::Shared, Arc<vmm_sys_util::epoll::Epoll>, EventFd), Error> {
+    let fd = || EventFd::new(EFD_NONBLOCK).map_err(vsock::Error::EventFd);
+    let (irq, notify) = (fd()?, fd()?);
+    vm.register_irqfd(&irq, slot::gsi(0))
+        .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+    // Where KVM takes QueueNotify writes itself the vCPU does not exit
+    // for them; where it does not, the MMIO exit path signals `notify`.
+    let _ = vm.register_ioevent(
+        &notify,
+        &IoEventAddress::Mmio(slot::base(0) + REG_QUEUE_NOTIFY),
+        NoDatamatch,
+    );
+    let epoll = Arc::new(vmm_sys_util::epoll::Epoll::new().map_err(vsock::Error::Epoll)?);
+    let device = vsock::Vsock::new(config, listener, epoll.clone())?;
+    let kick = notify.try_clone().map_err(vsock::Error::EventFd)?;
+    let transport = match saved {
+        Some(s) => {
+            MmioTransport::restored(device.restored(), mem.clone(), irq, kick, s).map_err(|e| {
+                Error::Snapshot(snapshot::Error::Snapshot(format!(
+                    "the vsock device's state: {e}"
+                )))
+            })?
+        }
+        None => MmioTransport::new(device, mem.clone(), irq, kick)?,
+    };
+    Ok((Arc::new(Mutex::new(transport)), epoll, notify))
 }
 
 /// Waits for the first stop event or the timeout, calling `tick` every
@@ -657,6 +770,7 @@ fn wait(
         },
         Event::Halted(_) => StopReason::Halted,
         Event::Failed(vcpu, what) => StopReason::KvmError(format!("vCPU {vcpu}: {what}")),
+        Event::DeviceFailed(what) => StopReason::KvmError(what),
         Event::Ready => StopReason::Ready,
     }
 }

@@ -298,3 +298,39 @@ fn cut_changed_linked_shared_and_foreign_snapshots_are_refused() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_vsock_device_is_saved_with_its_machine_and_must_be_there_to_restore() -> TestResult {
+    use twinbox_vmm::config::VsockConfig;
+    let dir = tempfile::tempdir()?;
+    let plain = ready_guest(dir.path())?;
+    let mut with = plain.clone();
+    with.vsock = Some(VsockConfig {
+        guest_cid: 3,
+        uds_path: dir.path().join("vm.sock"),
+    });
+    let snap = take(&with, dir.path())?;
+    assert!(
+        !dir.path().join("vm.sock").exists(),
+        "the socket outlived the VM"
+    );
+    let o = restore(&with, &snap, KEY)?;
+    assert_eq!(
+        o.reason,
+        twinbox_vmm::StopReason::Exited(42),
+        "{}",
+        o.console_tail
+    );
+    // A snapshot with vsock for a config without, and the other way round.
+    match restore(&plain, &snap, KEY) {
+        Err(twinbox_vmm::vm::Error::Snapshot(_)) => {}
+        other => return Err(format!("restored without vsock: {other:?}").into()),
+    }
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other)?;
+    let plain_snap = take(&plain, &other)?;
+    match restore(&with, &plain_snap, KEY) {
+        Err(twinbox_vmm::vm::Error::Snapshot(_)) => Ok(()),
+        other => Err(format!("restored with vsock: {other:?}").into()),
+    }
+}

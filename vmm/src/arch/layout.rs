@@ -8,7 +8,8 @@
 //! 0x0009_fc00  MP table (start of the EBDA; RAM below it is usable)
 //! 0x0010_0000  kernel (HIMEM_START)
 //! ...          initrd, page-aligned at the top of low memory
-//! 0xd000_0000  MMIO gap (devices) up to 4 GiB
+//! 0xd000_0000  MMIO gap (devices) up to 4 GiB: virtio-mmio devices first,
+//!              4 KiB each (0xd000_0000 vsock, GSI 5)
 //! 0x1_0000_0000 the rest of RAM, if any
 //! ```
 
@@ -43,6 +44,9 @@ pub const EBDA_START: u64 = 0x9fc00;
 pub const HIMEM_START: u64 = 0x100000;
 /// Start of the MMIO gap below 4 GiB.
 pub const MMIO_GAP_START: u64 = 0xd000_0000;
+/// The first virtio-mmio device's window ([`crate::virtio::slot`]): the
+/// start of the MMIO gap, far below KVM's TSS, the I/O APIC and the LAPIC.
+pub const VIRTIO_MMIO_BASE: u64 = MMIO_GAP_START;
 /// End of the MMIO gap.
 pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
 /// Address for KVM's TSS (three pages, inside the MMIO gap).

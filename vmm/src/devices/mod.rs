@@ -9,13 +9,16 @@
 //! | 0x502 | boot timer: an `out` of a mark id is timestamped ([`ports`]) |
 //!
 //! and, with KVM's split irqchip, the I/O APIC at MMIO 0xFEC00000
-//! ([`ioapic`]). Reads of other ports and addresses return all ones,
+//! ([`ioapic`]); with [`crate::config::VmConfig::vsock`], a virtio-vsock
+//! device behind the virtio-mmio transport at MMIO 0xD0000000, GSI 5
+//! ([`vsock`], [`crate::virtio`]). Reads of other ports and addresses return all ones,
 //! writes to them are dropped: what real hardware does for an empty bus.
 
 pub mod i8042;
 pub mod ioapic;
 pub mod ports;
 pub mod serial;
+pub mod vsock;
 
 use std::sync::mpsc::Sender;
 use std::sync::Mutex;
@@ -38,6 +41,8 @@ pub struct Devices {
     ports: ports::Ports,
     /// The I/O APIC and how its routes reach KVM, with the split irqchip.
     ioapic: Option<(Mutex<ioapic::Ioapic>, RouteInstaller)>,
+    /// The vsock device and the base of its MMIO window.
+    vsock: Option<(vsock::Shared, u64)>,
 }
 
 const SERIAL_BASE: u16 = 0x3f8;
@@ -57,6 +62,7 @@ impl Devices {
             i8042: Mutex::new(i8042::new(stop.clone())),
             ports: ports::Ports::new(stop, start),
             ioapic: None,
+            vsock: None,
         }
     }
 
@@ -86,6 +92,7 @@ impl Devices {
             i8042: Mutex::new(i8042::new(stop.clone())),
             ports: ports::Ports::new(stop, start),
             ioapic: None,
+            vsock: None,
         })
     }
 
@@ -112,6 +119,27 @@ impl Devices {
         self
     }
 
+    /// Adds the vsock device, its MMIO window at `base`.
+    pub fn with_vsock(mut self, device: vsock::Shared, base: u64) -> Self {
+        self.vsock = Some((device, base));
+        self
+    }
+
+    /// The vsock device's transport state, for a snapshot.
+    pub fn vsock_state(&self) -> Option<crate::virtio::mmio::TransportState> {
+        let (d, _) = self.vsock.as_ref()?;
+        d.lock().ok().map(|t| t.state())
+    }
+
+    /// The vsock device and the offset in its window, if `addr` is there.
+    fn vsock_at(&self, addr: u64) -> Option<(&vsock::Shared, u64)> {
+        let (d, base) = self.vsock.as_ref()?;
+        let offset = addr
+            .checked_sub(*base)
+            .filter(|o| *o < crate::virtio::slot::SIZE)?;
+        Some((d, offset))
+    }
+
     /// The I/O APIC and the offset in its window, if `addr` is there.
     fn ioapic_at(&self, addr: u64) -> Option<(&(Mutex<ioapic::Ioapic>, RouteInstaller), u64)> {
         let offset = addr
@@ -123,6 +151,15 @@ impl Devices {
     /// A guest MMIO write at `addr`; an error if routes it changed could
     /// not be installed (the guest's interrupts would be lost).
     pub fn mmio_write(&self, addr: u64, data: &[u8]) -> Result<(), String> {
+        if let Some((d, offset)) = self.vsock_at(addr) {
+            return match d.lock() {
+                Ok(mut t) => {
+                    t.write(offset, data);
+                    Ok(())
+                }
+                Err(_) => Err("the vsock device's lock is poisoned".into()),
+            };
+        }
         let Some(((io, install), offset)) = self.ioapic_at(addr) else {
             return Ok(());
         };
@@ -138,6 +175,13 @@ impl Devices {
 
     /// A guest MMIO read at `addr`.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
+        if let Some((d, offset)) = self.vsock_at(addr) {
+            match d.lock() {
+                Ok(t) => t.read(offset, data),
+                Err(_) => data.fill(0xff),
+            }
+            return;
+        }
         match self
             .ioapic_at(addr)
             .map(|((io, _), offset)| (io.lock(), offset))

@@ -70,6 +70,28 @@ pub const VMM_ONLY: &[Allowed] = &[
     allow("tgkill", libc::SYS_tgkill),
 ];
 
+/// `SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC`: the one socket type the
+/// vsock thread makes (guest-initiated connections to host sockets).
+pub const VSOCK_SOCKET_TYPE: u64 =
+    (libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC) as u64;
+
+/// The vsock device thread, besides [`RUNTIME`]: wait on its epoll set
+/// and change it, read its eventfds, accept host clients, move bytes on
+/// sockets (recv and send with MSG_NOSIGNAL), connect to host sockets for
+/// guest-initiated connections, shut a socket's half.
+pub const VSOCK_ONLY: &[Allowed] = &[
+    allow("epoll_wait", libc::SYS_epoll_wait),
+    allow("epoll_pwait", libc::SYS_epoll_pwait),
+    allow("epoll_ctl", libc::SYS_epoll_ctl),
+    allow("read", libc::SYS_read),
+    allow("recvfrom", libc::SYS_recvfrom),
+    allow("sendto", libc::SYS_sendto),
+    allow("accept4", libc::SYS_accept4),
+    Allowed { name: "socket", nr: libc::SYS_socket, arg1: &[VSOCK_SOCKET_TYPE] },
+    allow("connect", libc::SYS_connect),
+    allow("shutdown", libc::SYS_shutdown),
+];
+
 /// A vCPU thread's whole list.
 pub fn vcpu() -> Vec<&'static Allowed> {
     VCPU_ONLY.iter().chain(RUNTIME).collect()
@@ -78,4 +100,9 @@ pub fn vcpu() -> Vec<&'static Allowed> {
 /// The VMM thread's whole list.
 pub fn vmm() -> Vec<&'static Allowed> {
     VMM_ONLY.iter().chain(RUNTIME).collect()
+}
+
+/// The vsock thread's whole list.
+pub fn vsock() -> Vec<&'static Allowed> {
+    VSOCK_ONLY.iter().chain(RUNTIME).collect()
 }

@@ -14,26 +14,34 @@
 //!   made again from it) and the 8250 UART's registers and FIFO; the
 //!   i8042 has no state (vm-superio keeps none) and the exit and timer
 //!   ports have none;
-//! - every vCPU's [`VcpuState`].
+//! - every vCPU's [`VcpuState`];
+//! - with a vsock device, its virtio-mmio transport ([`TransportState`]:
+//!   features, status, each queue's size, ring addresses and positions);
+//!   its connections are not saved (`devices::vsock` says why and what a
+//!   restored device tells the guest). A machine without one has no such
+//!   section.
 //!
 //! The byte format: `TWBXMACH`, a version, then sections (tag, length,
 //! bytes), each known, each at most once except the vCPUs, each of its
-//! exact size; a count of vCPUs that matches the header; every count and
+//! exact size (version 2 added the vsock section); a count of vCPUs that matches the header; every count and
 //! length checked before use. `fuzz/` fuzzes [`MachineState::decode`].
 
 use kvm_bindings::{kvm_clock_data, kvm_cpuid_entry2};
 use vm_superio::serial::SerialState;
 use zerocopy::IntoBytes;
 
+use virtio_queue::QueueState;
+
 use super::memory::Layout;
 use super::vcpu::{fixed, Reader, VcpuState};
 use super::Error;
 use crate::devices::ioapic::PINS;
+use crate::virtio::mmio::TransportState;
 
 /// What starts a machine state.
 pub const MAGIC: [u8; 8] = *b"TWBXMACH";
 /// The format's version.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// Most vCPUs in a state (the VMM's own limit).
 pub const MAX_VCPUS: usize = crate::config::MAX_VCPUS as usize;
 /// Most CPUID entries (KVM's own limit).
@@ -50,6 +58,12 @@ const CLOCK: u32 = 4;
 const IOAPIC: u32 = 5;
 const SERIAL: u32 = 6;
 const VCPU: u32 = 7;
+const VSOCK: u32 = 8;
+/// Most queues of a saved virtio device.
+const MAX_QUEUES: usize = 8;
+/// Bytes of a saved transport's registers, and of each queue.
+const TRANSPORT_FIXED: usize = 36;
+const QUEUE_BYTES: usize = 40;
 
 /// The I/O APIC's registers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +97,88 @@ pub struct MachineState {
     pub serial: SerialState,
     /// Every vCPU, in order.
     pub vcpus: Vec<VcpuState>,
+    /// The vsock device's transport, if the machine has one.
+    pub vsock: Option<TransportState>,
+}
+
+fn encode_transport(t: &TransportState) -> Vec<u8> {
+    let mut b = Vec::with_capacity(TRANSPORT_FIXED + QUEUE_BYTES * t.queues.len());
+    for v in [t.device_features_sel, t.driver_features_sel] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&t.driver_features.to_le_bytes());
+    for v in [
+        t.status,
+        t.queue_sel,
+        t.interrupt_status,
+        t.config_generation,
+        t.queues.len() as u32,
+    ] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for q in &t.queues {
+        for v in [q.max_size, q.size, q.next_avail, q.next_used] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        b.push(u8::from(q.ready));
+        b.push(u8::from(q.event_idx_enabled));
+        b.extend_from_slice(&[0; 6]);
+        for v in [q.desc_table, q.avail_ring, q.used_ring] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    b
+}
+
+fn decode_transport(tag: u32, bytes: &[u8]) -> Result<TransportState, Error> {
+    let mut r = Reader { data: bytes, at: 0 };
+    if bytes.len() < TRANSPORT_FIXED {
+        return Err(bad(tag, format!("{} bytes", bytes.len())));
+    }
+    let mut t = TransportState {
+        device_features_sel: r.u32()?,
+        driver_features_sel: r.u32()?,
+        driver_features: r.u64()?,
+        status: r.u32()?,
+        queue_sel: r.u32()?,
+        interrupt_status: r.u32()?,
+        config_generation: r.u32()?,
+        queues: Vec::new(),
+    };
+    let n = r.u32()? as usize;
+    if n > MAX_QUEUES || bytes.len() != TRANSPORT_FIXED + n * QUEUE_BYTES {
+        return Err(bad(tag, format!("{n} queues in {} bytes", bytes.len())));
+    }
+    let u16 = |r: &mut Reader| -> Result<u16, Error> {
+        let b = r.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    };
+    let flag = |b: u8| match b {
+        0 => Ok(false),
+        1 => Ok(true),
+        _ => Err(bad(tag, format!("a flag of {b}"))),
+    };
+    for _ in 0..n {
+        let (max_size, size, next_avail, next_used) =
+            (u16(&mut r)?, u16(&mut r)?, u16(&mut r)?, u16(&mut r)?);
+        let f = r.take(8)?;
+        let (ready, event_idx_enabled) = (flag(f[0])?, flag(f[1])?);
+        if f[2..].iter().any(|&b| b != 0) {
+            return Err(bad(tag, "padding that is not zero".into()));
+        }
+        t.queues.push(QueueState {
+            max_size,
+            next_avail,
+            next_used,
+            event_idx_enabled,
+            size,
+            ready,
+            desc_table: r.u64()?,
+            avail_ring: r.u64()?,
+            used_ring: r.u64()?,
+        });
+    }
+    Ok(t)
 }
 
 fn bad(tag: u32, why: String) -> Error {
@@ -146,6 +242,9 @@ impl MachineState {
         for v in &self.vcpus {
             section(VCPU, &v.encode());
         }
+        if let Some(t) = &self.vsock {
+            section(VSOCK, &encode_transport(t));
+        }
         out
     }
 
@@ -175,12 +274,13 @@ impl MachineState {
             },
             serial: SerialState::default(),
             vcpus: Vec::new(),
+            vsock: None,
         };
         while r.at < data.len() {
             let tag = r.u32()?;
             let len = r.u32()? as usize;
             let bytes = r.take(len)?;
-            if !(MACHINE..=VCPU).contains(&tag) {
+            if !(MACHINE..=VSOCK).contains(&tag) {
                 return Err(Error::UnknownSection(tag));
             }
             if tag != VCPU && seen & (1 << tag) != 0 {
@@ -248,6 +348,7 @@ impl MachineState {
                         in_buffer: bytes[9..].to_vec(),
                     };
                 }
+                VSOCK => s.vsock = Some(decode_transport(tag, bytes)?),
                 _ => {
                     if s.vcpus.len() >= MAX_VCPUS {
                         return Err(bad(tag, "too many vCPUs".into()));
@@ -321,14 +422,78 @@ mod tests {
                 ..Default::default()
             },
             vcpus: vec![v],
+            vsock: None,
         }
+    }
+
+    fn with_vsock() -> MachineState {
+        let mut s = sample();
+        let q = QueueState {
+            max_size: 256,
+            next_avail: 7,
+            next_used: 65535,
+            event_idx_enabled: false,
+            size: 128,
+            ready: true,
+            desc_table: 0x10_0000,
+            avail_ring: 0x10_1000,
+            used_ring: 0x1_0000_2000,
+        };
+        s.vsock = Some(TransportState {
+            device_features_sel: 1,
+            driver_features_sel: 1,
+            driver_features: 1 << 32,
+            status: 15,
+            queue_sel: 2,
+            interrupt_status: 1,
+            config_generation: 0,
+            queues: vec![q; 3],
+        });
+        s
     }
 
     #[test]
     fn a_machine_round_trips_through_bytes() -> Result<(), Error> {
         let s = sample();
         assert_eq!(MachineState::decode(&s.encode())?, s);
+        let v = with_vsock();
+        assert_eq!(MachineState::decode(&v.encode())?, v);
         Ok(())
+    }
+
+    #[test]
+    fn hostile_vsock_sections_are_refused() {
+        let good = with_vsock().encode();
+        let at = good.len() - 3 * QUEUE_BYTES - TRANSPORT_FIXED;
+        // Without its section it is a machine without vsock; cut inside
+        // it, nothing.
+        assert!(matches!(
+            MachineState::decode(&good[..at - 8]).map(|s| s.vsock),
+            Ok(None)
+        ));
+        for n in at - 7..good.len() {
+            assert!(MachineState::decode(&good[..n]).is_err(), "cut at {n}");
+        }
+        // More queues than the section holds.
+        let mut b = good.clone();
+        b[at + 32..at + 36].copy_from_slice(&4u32.to_le_bytes());
+        assert!(MachineState::decode(&b).is_err());
+        // A flag that is neither 0 nor 1, padding that is not zero.
+        let q0 = at + TRANSPORT_FIXED;
+        let mut b = good.clone();
+        b[q0 + 8] = 2;
+        assert!(MachineState::decode(&b).is_err());
+        let mut b = good.clone();
+        b[q0 + 12] = 1;
+        assert!(MachineState::decode(&b).is_err());
+        // Twice.
+        let mut b = good.clone();
+        b.extend_from_slice(&good[at - 8..]);
+        assert!(MachineState::decode(&b).is_err());
+        // Version 1 (before the section) is refused whole.
+        let mut b = sample().encode();
+        b[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert!(matches!(MachineState::decode(&b), Err(Error::Header(1))));
     }
 
     #[test]
