@@ -414,17 +414,28 @@ impl Agent {
         let Some(c) = self.conns.get_mut(&k) else {
             return;
         };
+        let was_full = c.out.len() >= OUT_HIGH;
+        let mut failed = false;
         while !c.out.is_empty() {
             let (front, _) = c.out.as_slices();
             match write_fd(c.fd.as_raw_fd(), front) {
                 Ok(Some(n)) => {
                     c.out.drain(..n);
                 }
-                Ok(None) => return,
+                Ok(None) => break,
                 Err(_) => {
-                    self.drop_conn(k);
-                    return;
+                    failed = true;
+                    break;
                 }
+            }
+        }
+        if failed {
+            self.drop_conn(k);
+        } else if was_full {
+            // The stall ends now: its processes' drain grace starts again.
+            let now = Instant::now();
+            for p in self.procs.iter_mut().filter(|p| p.conn == Some(k)) {
+                p.last_read = now;
             }
         }
     }
