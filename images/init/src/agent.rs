@@ -1123,6 +1123,26 @@ mod tests {
     }
 
     #[test]
+    fn a_shell_on_a_terminal_takes_input_and_ends_at_eof() -> Result {
+        let b = TestBox::start()?;
+        let mut c = b.client()?;
+        let mut e = exec(1, &["/bin/sh"]);
+        e.tty = true;
+        e.stdin = true;
+        e.rows = 24;
+        e.cols = 80;
+        c.exec(&e)?;
+        c.sender().stdin(1, b"echo $((6*7))\n")?;
+        c.sender().stdin_eof(1)?;
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        let code = c.wait(1, &mut out, &mut err)?;
+        let text = String::from_utf8_lossy(&out);
+        assert_eq!(code, 0, "{text:?}");
+        assert!(text.contains("42"), "{text:?}");
+        Ok(())
+    }
+
+    #[test]
     fn signals_reach_the_process_and_its_terminal_group() -> Result {
         let b = TestBox::start()?;
         let mut c = b.client()?;
@@ -1199,6 +1219,32 @@ mod tests {
         c.sender().signal(11, libc::SIGKILL)?;
         assert_eq!(c.wait(11, &mut Vec::new(), &mut Vec::new())?, 137);
         assert!(gone_within(pid as libc::pid_t, Duration::from_secs(5)));
+        Ok(())
+    }
+
+    #[test]
+    fn a_connection_runs_at_most_its_share_of_processes() -> Result {
+        let b = TestBox::start()?;
+        let mut c = b.client()?;
+        let mut pids = Vec::new();
+        for id in 1..=MAX_PROCESSES_PER_CONNECTION as u32 {
+            pids.push(c.exec(&exec(id, &["sleep", "30"]))? as libc::pid_t);
+        }
+        match c.exec(&exec(1000, &["true"])) {
+            Err(ClientError::Refused { message, .. }) => assert!(message.contains("already run")),
+            other => return Err(format!("{other:?}").into()),
+        }
+        // Another connection has its own share.
+        let mut other = b.client()?;
+        let (out, _, code) = run(&mut other, &exec(1, &["echo", "mine"]))?;
+        assert_eq!((&out[..], code), (&b"mine\n"[..], 0));
+        drop(c);
+        for pid in pids {
+            assert!(
+                gone_within(pid, Duration::from_secs(5)),
+                "{pid} outlived its connection"
+            );
+        }
         Ok(())
     }
 
