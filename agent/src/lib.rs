@@ -43,7 +43,7 @@
 //! | 7 | `Stderr` | guest to host | bytes |
 //! | 8 | `Signal` | host to guest | signal number u32, 1 to 64 |
 //! | 9 | `Resize` | host to guest | rows u16, cols u16 |
-//! | 10 | `Exited` | guest to host | code i32: the exit status, 128 + N for death by signal N, 127 not found, 126 not executable, 125 the agent's own failure |
+//! | 10 | `Exited` | guest to host | code i32: the exit status, 128 + N for death by signal N, 127 not found, 126 not executable, 125 not set up (directory, identity) |
 //! | 11 | `Failed` | guest to host | UTF-8 message: the request for this id was refused (no process runs), or, with id 0 after a protocol error, the connection is about to close |
 //!
 //! A connection opens with `Hello` from each side, each carrying
