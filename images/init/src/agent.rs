@@ -21,7 +21,8 @@
 //! of its processes nor the connection itself is read: back-pressure to
 //! the processes, and to a host that sends without reading its replies),
 //! and stdin queued for a process (the connection is not read while it is
-//! full: back-pressure to the host). So a host must read while it writes
+//! full: back-pressure to the host). A connection has 10 s to say `Hello`.
+//! So a host must read while it writes
 //! (the client's `try_sender` gives a sender for another thread). An
 //! ended process's output is waited for until its pipes or terminal
 //! close, or until nothing came for 2 s (a background child holding them
@@ -57,6 +58,13 @@ const READ_CHUNK: usize = 32 * 1024;
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// How long the agent tries to deliver the last `Exited{0}`.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
+/// How long a new connection has to say `Hello` before it is closed (it
+/// holds one of the few connection slots).
+const HELLO_TIMEOUT: Duration = if cfg!(test) {
+    Duration::from_secs(1)
+} else {
+    Duration::from_secs(10)
+};
 /// The code of a process whose status could not be read.
 const EXIT_UNKNOWN: i32 = 125;
 
@@ -78,6 +86,8 @@ struct Conn {
     decoder: MessageDecoder,
     out: VecDeque<u8>,
     greeted: bool,
+    /// When it was accepted (for [`HELLO_TIMEOUT`]).
+    accepted: Instant,
     /// Closing: nothing more is read; dropped once `out` is written or at once.
     dead: bool,
 }
@@ -332,6 +342,10 @@ impl Agent {
                 t = Some(t.map_or(left, |t| t.min(left)));
             }
         }
+        for c in self.conns.values().filter(|c| !c.greeted) {
+            let left = (c.accepted + HELLO_TIMEOUT).saturating_duration_since(now);
+            t = Some(t.map_or(left, |t| t.min(left)));
+        }
         if (self.reap_all && self.sigchld.is_none()) || self.main.pidfd.is_none() {
             // Nothing to wake the agent when a zombie appears: look every second.
             t = Some(t.map_or(Duration::from_secs(1), |t| t.min(Duration::from_secs(1))));
@@ -389,6 +403,7 @@ impl Agent {
                     decoder: MessageDecoder::new(),
                     out: VecDeque::new(),
                     greeted: false,
+                    accepted: Instant::now(),
                     dead: false,
                 },
             );
@@ -836,7 +851,7 @@ impl Agent {
         let dead: Vec<u64> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.dead)
+            .filter(|(_, c)| c.dead || (!c.greeted && now >= c.accepted + HELLO_TIMEOUT))
             .map(|(k, _)| *k)
             .collect();
         for k in dead {
@@ -1274,6 +1289,11 @@ mod tests {
             }
             assert!(failed, "no Failed for {bytes:?}: {reply:?}");
         }
+        // A client that says nothing is closed after a while.
+        let mut s = b.raw()?;
+        let mut reply = Vec::new();
+        s.read_to_end(&mut reply)?;
+        assert!(reply.is_empty());
         // Garbage after a good Hello, and a client that vanishes mid-frame.
         let mut s = b.raw()?;
         s.write_all(&Message::Hello { version: 1 }.encode()?)?;
