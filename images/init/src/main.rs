@@ -30,10 +30,19 @@
 //! status (128 + N for death by signal N; 127 when the program is not
 //! found, 126 when it cannot be executed, 125 when init itself fails) on
 //! the VMM's exit port, then powers off. No shell, no busybox.
+//!
+//! With `agent_port` in the spec, init is also the guest agent while the
+//! workload runs (`agent.rs`): it listens on that vsock port and serves
+//! the host's `twinbox exec`, signals (`twinbox stop`) and the workload's
+//! exit, in the protocol of the `twinbox-agent` crate. A kernel without
+//! vsock gets one line on the console and the run goes on as without it.
 
+mod agent;
 mod mailbox;
 mod port;
+mod spawn;
 mod spec;
+mod vsock;
 
 use std::ffi::CString;
 
@@ -290,6 +299,18 @@ fn run() -> Result<i32, String> {
             gid,
             &spec.argv[0],
         );
+    }
+    if let Some(port) = spec.agent_port {
+        match vsock::listen(port) {
+            Ok(listener) => {
+                return Ok(agent::serve(
+                    listener,
+                    pid,
+                    agent::Options { reap_all: true },
+                ))
+            }
+            Err(e) => eprintln!("twinbox-init: no agent: vsock port {port}: {e}"),
+        }
     }
     Ok(wait_for(pid))
 }

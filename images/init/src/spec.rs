@@ -32,6 +32,11 @@ pub struct Spec {
     /// the root disk is the boot file's, and this is ignored.
     #[serde(default)]
     pub root: String,
+    /// Serve the guest agent on this vsock port (`twinbox_agent::PORT`)
+    /// while the workload runs (exec, signals, the workload's exit; see
+    /// `agent.rs`); absent, init runs the workload and waits, as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_port: Option<u32>,
 }
 
 /// Where the spec is in the guest (the legacy flow).
@@ -177,6 +182,7 @@ mod tests {
             user: String::new(),
             hostname: "box".into(),
             root: "/dev/pmem0".into(),
+            agent_port: None,
         };
         let text = serde_json::to_vec(&s).unwrap_or_default();
         assert_eq!(Spec::parse(&text), Ok(s.clone()));
@@ -185,6 +191,13 @@ mod tests {
         assert!(Spec::parse(b"garbage").is_err());
         // A spec from before the root disk still parses: no root disk.
         let old = Spec::parse(br#"{"argv":["true"],"env":[],"cwd":"/","user":"","hostname":""}"#);
-        assert_eq!(old.map(|s| s.root), Ok(String::new()));
+        assert_eq!(
+            old.map(|s| (s.root, s.agent_port)),
+            Ok((String::new(), None))
+        );
+        let agent = Spec::parse(
+            br#"{"argv":["true"],"env":[],"cwd":"/","user":"","hostname":"","agent_port":1024}"#,
+        );
+        assert_eq!(agent.map(|s| s.agent_port), Ok(Some(1024)));
     }
 }

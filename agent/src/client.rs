@@ -1,0 +1,333 @@
+//! The host side, blocking: reach a VM guest's port through the VM's Unix
+//! socket ([`connect_vm`]), greet the agent ([`Client::hello`]), start
+//! processes ([`Client::exec`]) and take their output and exits
+//! ([`Client::recv`], [`Client::wait`]); a [`Sender`] sends stdin,
+//! signals and resizes, from another thread if need be
+//! ([`Client::try_sender`] for a `UnixStream`).
+
+use std::collections::VecDeque;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+
+use crate::frame::{MAX_PAYLOAD, VERSION};
+use crate::message::{self, Exec, Message, MessageDecoder};
+
+/// Longest reply line to `CONNECT`.
+const MAX_CONNECT_REPLY: usize = 64;
+
+/// A failure of the host side.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing the stream.
+    #[error("agent connection")]
+    Io(#[from] std::io::Error),
+    /// The peer sent something that is not a message.
+    #[error("bad message from the agent")]
+    Protocol(#[from] message::Error),
+    /// The VM's socket did not connect us to the port.
+    #[error("the VM refused CONNECT {port}: {reply:?}")]
+    Connect {
+        /// The port asked for.
+        port: u32,
+        /// What it said instead of `OK`.
+        reply: String,
+    },
+    /// The agent speaks another version.
+    #[error("the agent speaks protocol version {got}, this side {VERSION}")]
+    Version {
+        /// Its version.
+        got: u32,
+    },
+    /// The agent refused the request (or, for id 0, the connection).
+    #[error("the agent refused {id}: {message}")]
+    Refused {
+        /// The id.
+        id: u32,
+        /// Its reason.
+        message: String,
+    },
+    /// A message out of place (e.g. no `Hello` first).
+    #[error("unexpected {0:?} from the agent")]
+    Unexpected(Box<Message>),
+    /// The agent closed the connection.
+    #[error("the agent closed the connection")]
+    Closed,
+}
+
+/// Connects to `port` of the VM whose vsock Unix socket is `uds`: writes
+/// `CONNECT <port>\n` and takes the `OK <n>\n` line; the stream then
+/// carries the guest port's bytes.
+pub fn connect_vm(uds: &Path, port: u32) -> Result<UnixStream, Error> {
+    let mut s = UnixStream::connect(uds)?;
+    s.write_all(format!("CONNECT {port}\n").as_bytes())?;
+    // One byte at a time: nothing after the line may be read here.
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        if s.read(&mut b)? == 0 || line.len() >= MAX_CONNECT_REPLY {
+            break;
+        }
+        if b[0] == b'\n' {
+            let text = String::from_utf8_lossy(&line);
+            if text.starts_with("OK ") {
+                return Ok(s);
+            }
+            break;
+        }
+        line.push(b[0]);
+    }
+    Err(Error::Connect {
+        port,
+        reply: String::from_utf8_lossy(&line).into_owned(),
+    })
+}
+
+/// Sends requests on a stream.
+#[derive(Debug)]
+pub struct Sender<W: Write> {
+    w: W,
+}
+
+impl<W: Write> Sender<W> {
+    /// A sender on `w` (after the `Hello` exchange).
+    pub fn new(w: W) -> Self {
+        Sender { w }
+    }
+
+    /// Sends one message.
+    pub fn send(&mut self, m: &Message) -> Result<(), Error> {
+        let bytes = m.encode()?;
+        self.w.write_all(&bytes)?;
+        Ok(())
+    }
+
+    /// Sends `data` to the stdin of `id` (in frames of at most 64 KiB).
+    pub fn stdin(&mut self, id: u32, data: &[u8]) -> Result<(), Error> {
+        for chunk in data.chunks(MAX_PAYLOAD) {
+            self.send(&Message::Stdin {
+                id,
+                data: chunk.to_vec(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Ends the stdin of `id`.
+    pub fn stdin_eof(&mut self, id: u32) -> Result<(), Error> {
+        self.send(&Message::StdinEof { id })
+    }
+
+    /// Sends signal `signo` to `id` (0: the main workload).
+    pub fn signal(&mut self, id: u32, signo: i32) -> Result<(), Error> {
+        self.send(&Message::Signal {
+            id,
+            signo: signo as u32,
+        })
+    }
+
+    /// Sets the terminal size of `id`.
+    pub fn resize(&mut self, id: u32, rows: u16, cols: u16) -> Result<(), Error> {
+        self.send(&Message::Resize { id, rows, cols })
+    }
+}
+
+/// One connection to the agent.
+#[derive(Debug)]
+pub struct Client<S: Read + Write> {
+    stream: S,
+    decoder: MessageDecoder,
+    /// Messages read while waiting for another one, for `recv`.
+    queued: VecDeque<Message>,
+    /// Messages decoded from the stream but not yet read, oldest first.
+    inbox: VecDeque<Message>,
+}
+
+impl<S: Read + Write> Client<S> {
+    /// Exchanges `Hello` on `stream` (connected to the agent's port).
+    pub fn hello(stream: S) -> Result<Self, Error> {
+        let mut c = Client {
+            stream,
+            decoder: MessageDecoder::new(),
+            queued: VecDeque::new(),
+            inbox: VecDeque::new(),
+        };
+        c.sender().send(&Message::Hello {
+            version: u32::from(VERSION),
+        })?;
+        match c.read_message()? {
+            Message::Hello { version } if version == u32::from(VERSION) => Ok(c),
+            Message::Hello { version } => Err(Error::Version { got: version }),
+            Message::Failed { id, message } => Err(Error::Refused { id, message }),
+            m => Err(Error::Unexpected(Box::new(m))),
+        }
+    }
+
+    /// A sender on this connection's stream.
+    pub fn sender(&mut self) -> Sender<&mut S> {
+        Sender::new(&mut self.stream)
+    }
+
+    /// Asks for `exec` and waits for the answer: the pid of the started
+    /// process, or the agent's refusal. Other messages that arrive
+    /// meanwhile are kept for [`recv`](Client::recv).
+    pub fn exec(&mut self, exec: &Exec) -> Result<u32, Error> {
+        self.sender().send(&Message::Exec(exec.clone()))?;
+        let mut held = VecDeque::new();
+        let result = loop {
+            match self.read_message() {
+                Ok(Message::Started { id, pid }) if id == exec.id => break Ok(pid),
+                Ok(Message::Failed { id, message }) if id == exec.id || id == 0 => {
+                    break Err(Error::Refused { id, message })
+                }
+                Ok(m) => held.push_back(m),
+                Err(e) => break Err(e),
+            }
+        };
+        held.append(&mut self.queued);
+        self.queued = held;
+        result
+    }
+
+    /// The next message from the agent; [`Error::Closed`] at the end.
+    pub fn recv(&mut self) -> Result<Message, Error> {
+        match self.queued.pop_front() {
+            Some(m) => Ok(m),
+            None => self.read_message(),
+        }
+    }
+
+    /// Copies the output of `id` to `stdout` and `stderr` until it exits;
+    /// its exit code. Messages about other ids are kept for `recv`.
+    pub fn wait(
+        &mut self,
+        id: u32,
+        stdout: &mut dyn Write,
+        stderr: &mut dyn Write,
+    ) -> Result<i32, Error> {
+        let mut others = VecDeque::new();
+        let result = loop {
+            let m = match self.recv() {
+                Ok(m) => m,
+                Err(e) => break Err(e),
+            };
+            match m {
+                Message::Stdout { id: i, data } if i == id => stdout.write_all(&data)?,
+                Message::Stderr { id: i, data } if i == id => stderr.write_all(&data)?,
+                Message::Exited { id: i, code } if i == id => break Ok(code),
+                Message::Failed { id: i, message } if i == id || i == 0 => {
+                    break Err(Error::Refused { id: i, message })
+                }
+                m => others.push_back(m),
+            }
+        };
+        others.append(&mut self.queued);
+        self.queued = others;
+        result
+    }
+
+    /// The stream, and nothing of what was read but not yet taken.
+    pub fn into_inner(self) -> S {
+        self.stream
+    }
+
+    fn read_message(&mut self) -> Result<Message, Error> {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            if let Some(m) = self.inbox.pop_front() {
+                return Ok(m);
+            }
+            if let Some(m) = self.decoder.next_message()? {
+                return Ok(m);
+            }
+            let n = match self.stream.read(&mut buf) {
+                Ok(0) => return Err(Error::Closed),
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let took = self.decoder.feed(rest);
+                rest = &rest[took..];
+                // A full decoder holds whole frames: take them, in order,
+                // to make room for the rest.
+                while let Some(m) = self.decoder.next_message()? {
+                    self.inbox.push_back(m);
+                }
+            }
+        }
+    }
+}
+
+impl Client<UnixStream> {
+    /// A sender on a clone of the socket, for another thread.
+    pub fn try_sender(&self) -> Result<Sender<UnixStream>, Error> {
+        Ok(Sender::new(self.stream.try_clone()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+
+    fn temp_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "twinbox-agent-client-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&d);
+        let _ = std::fs::create_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn connect_vm_speaks_the_connect_line() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = temp_dir();
+        let path = dir.join("vm.sock");
+        let l = UnixListener::bind(&path)?;
+        let t = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+            let mut got = Vec::new();
+            for reply in [&b"OK 1073741824\nTB"[..], b"NO\n"] {
+                let (mut s, _) = l.accept()?;
+                let mut b = [0u8; 1];
+                while s.read(&mut b)? == 1 && b[0] != b'\n' {
+                    got.push(b[0]);
+                }
+                s.write_all(reply)?;
+            }
+            Ok(got)
+        });
+        let mut s = connect_vm(&path, 1024)?;
+        // What follows the OK line is left on the stream.
+        let mut two = [0u8; 2];
+        s.read_exact(&mut two)?;
+        assert_eq!(&two, b"TB");
+        match connect_vm(&path, 7) {
+            Err(Error::Connect { port: 7, reply }) => assert_eq!(reply, "NO"),
+            other => panic!("{other:?}"),
+        }
+        let got = t.join().map_err(|_| "server thread")??;
+        assert_eq!(got, b"CONNECT 1024CONNECT 7");
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    #[test]
+    fn hello_refuses_another_version() -> Result<(), Box<dyn std::error::Error>> {
+        let (a, mut b) = UnixStream::pair()?;
+        let t = std::thread::spawn(move || {
+            let mut buf = [0u8; 16];
+            let _ = b.read_exact(&mut buf);
+            let _ = b.write_all(&Message::Hello { version: 9 }.encode().unwrap_or_default());
+        });
+        match Client::hello(a) {
+            Err(Error::Version { got: 9 }) => {}
+            other => panic!("{other:?}"),
+        }
+        let _ = t.join();
+        Ok(())
+    }
+}

@@ -1,0 +1,70 @@
+//! twinbox-agent: the one definition of the protocol between the host and
+//! a box's guest agent (init, PID 1 of a VM guest), used by both sides, so
+//! that neither can drift from the other.
+//!
+//! The host reaches the agent over a byte stream: in a VM, the guest's
+//! vsock port [`PORT`] (the host connects to the VM's Unix socket and
+//! writes `CONNECT 1024\n`, see [`client::connect_vm`]). On it both sides
+//! exchange frames.
+//!
+//! # Frames ([`frame`])
+//!
+//! Every frame is a 12-byte header and a payload, integers little-endian:
+//!
+//! ```text
+//! offset  size  field
+//!  0       2    magic b"TB"
+//!  2       1    version, u8 = VERSION (1)
+//!  3       1    type (the message, below)
+//!  4       4    id, u32: the process the message is about; 0 is the box's
+//!               main workload (and the connection itself for Hello/Failed)
+//!  8       4    payload length, u32, <= MAX_PAYLOAD (64 KiB)
+//! 12       n    payload
+//! ```
+//!
+//! A reader checks magic, version, type and length from the header alone,
+//! before it waits for the payload: a length over [`MAX_PAYLOAD`] is an
+//! error, never an allocation. [`frame::Decoder`] holds at most one
+//! largest frame.
+//!
+//! # Messages ([`message`])
+//!
+//! Inside payloads, a *string* is a u32 length and that many bytes of
+//! UTF-8; a *list* is a u16 count and that many strings.
+//!
+//! | type | message | way | payload |
+//! |---|---|---|---|
+//! | 1 | `Hello` | both | version u32 |
+//! | 2 | `Exec` | host to guest | flags u8 (1 tty, 2 stdin, 4 detach), rows u16, cols u16, cwd string, user string, argv list (1 to [`message::MAX_ARGV`]), env list (up to [`message::MAX_ENV`]) |
+//! | 3 | `Started` | guest to host | pid u32 |
+//! | 4 | `Stdin` | host to guest | bytes |
+//! | 5 | `StdinEof` | host to guest | empty |
+//! | 6 | `Stdout` | guest to host | bytes |
+//! | 7 | `Stderr` | guest to host | bytes |
+//! | 8 | `Signal` | host to guest | signal number u32, 1 to 64 |
+//! | 9 | `Resize` | host to guest | rows u16, cols u16 |
+//! | 10 | `Exited` | guest to host | code i32: the exit status, 128 + N for death by signal N, 127 not found, 126 not executable, 125 not set up (directory, identity) |
+//! | 11 | `Failed` | guest to host | UTF-8 message: the request for this id was refused (no process runs), or, with id 0 after a protocol error, the connection is about to close |
+//!
+//! A connection opens with `Hello` from each side, each carrying
+//! [`VERSION`]; a peer with another version is refused with an error
+//! naming both. After it the host sends `Exec` with an id of its choosing
+//! (not 0, not one of its running processes) and gets `Started` (then the
+//! process's output and, once its output is drained, `Exited`) or `Failed`.
+//! Id 0 is the main workload: after `Hello` the agent sends `Started{0,
+//! pid}`, it takes `Signal{0, N}` (how `twinbox stop` sends SIGTERM), and
+//! every connection gets `Exited{0, code}` when it ends, just before the
+//! guest powers off.
+
+pub mod client;
+pub mod frame;
+pub mod message;
+
+pub use frame::{Decoder, Frame, Kind, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
+pub use message::{Exec, Message};
+
+/// The guest's vsock port the agent listens on.
+pub const PORT: u32 = 1024;
+
+/// The id of the box's main workload (the process init starts itself).
+pub const MAIN_ID: u32 = 0;
