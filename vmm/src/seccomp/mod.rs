@@ -96,7 +96,7 @@ mod tests {
             assert!(t.allowed().len() < 30);
         }
         // Firecracker's figures for comparison: 27 vCPU, 50 VMM syscalls.
-        assert_eq!(Thread::Vcpu.allowed().len(), 17);
+        assert_eq!(Thread::Vcpu.allowed().len(), 18);
         assert_eq!(Thread::Vmm.allowed().len(), 21);
         assert_eq!(Thread::Vsock.allowed().len(), 26);
         assert!(Thread::Vcpu

@@ -52,12 +52,22 @@ pub const RUNTIME: &[Allowed] = &[
 
 /// A vCPU thread, besides [`RUNTIME`]: KVM_RUN, KVM_GET_REGS (for the
 /// report of an internal error) and KVM_SET_GSI_ROUTING (the guest's
-/// I/O APIC writes, handled on the vCPU that made them).
-pub const VCPU_ONLY: &[Allowed] = &[Allowed {
-    name: "ioctl",
-    nr: libc::SYS_ioctl,
-    arg1: &[KVM_RUN, KVM_GET_REGS, KVM_SET_GSI_ROUTING],
-}];
+/// I/O APIC writes, handled on the vCPU that made them); and
+/// EPOLL_CTL_DEL only: a guest driver resetting the vsock device (a
+/// status write, on its vCPU) drops the device's host connections, whose
+/// sockets leave the device thread's epoll set.
+pub const VCPU_ONLY: &[Allowed] = &[
+    Allowed {
+        name: "ioctl",
+        nr: libc::SYS_ioctl,
+        arg1: &[KVM_RUN, KVM_GET_REGS, KVM_SET_GSI_ROUTING],
+    },
+    Allowed {
+        name: "epoll_ctl",
+        nr: libc::SYS_epoll_ctl,
+        arg1: &[libc::EPOLL_CTL_DEL as u64],
+    },
+];
 
 /// The VMM thread once the vCPUs run, besides [`RUNTIME`]: wait, kick the
 /// vCPU threads (pthread_kill is getpid + tgkill), tear down; pread64 reads
