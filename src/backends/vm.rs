@@ -29,6 +29,10 @@ use super::Backend;
 use crate::snapshots::{fingerprint, Key, Meta};
 use crate::workload::Workload;
 
+/// The vsock context id of every guest: each VM has its own device and
+/// socket, so they need not differ.
+pub const GUEST_CID: u64 = 3;
+
 /// Guest memory when the workload sets none.
 pub const DEFAULT_MEMORY: u64 = 256 << 20;
 
@@ -42,6 +46,9 @@ pub(crate) struct Spec<'a> {
     pub hostname: &'a str,
     /// The root disk init mounts, or empty (the initramfs is the root).
     pub root: &'a str,
+    /// The vsock port init's guest agent serves (a box that lives).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent_port: Option<u32>,
 }
 
 /// Where the guest finds the image's root disk.
@@ -74,6 +81,16 @@ pub struct VmBackend {
     /// Where the guest's console goes (default: stdout); a detached box's
     /// supervisor gives a pipe to its log.
     pub console: Option<std::sync::Arc<std::fs::File>>,
+    /// A box that lives: the VM gets a vsock device whose Unix socket is
+    /// here, and init serves its guest agent on [`twinbox_agent::PORT`].
+    pub vsock: Option<PathBuf>,
+}
+
+/// True if the kernel at `kernel` has the virtio-vsock driver built in
+/// (the `config` beside it says so).
+pub fn has_vsock(kernel: &Path) -> bool {
+    std::fs::read_to_string(kernel.with_file_name("config"))
+        .is_ok_and(|c| c.lines().any(|l| l == "CONFIG_VIRTIO_VSOCKETS=y"))
 }
 
 impl VmBackend {
@@ -249,6 +266,7 @@ impl VmBackend {
             user: &w.user,
             hostname: "twinbox",
             root: if pmem_root { ROOT_DISK } else { "" },
+            agent_port: self.vsock.as_ref().map(|_| twinbox_agent::PORT),
         })?;
         // An unnamed file (O_TMPFILE): it is gone with the last descriptor,
         // even if this process is killed, so a run never leaves it behind.
@@ -273,6 +291,15 @@ impl VmBackend {
             "/proc/self/fd/{}",
             std::os::fd::AsRawFd::as_raw_fd(&run_cpio)
         )));
+        if let Some(uds) = &self.vsock {
+            if !has_vsock(&kernel_path) {
+                bail!("the guest kernel {} has no virtio-vsock driver, which a VM box that lives needs: run `twinbox kernel build`", kernel_path.display());
+            }
+            c.vsock = Some(twinbox_vmm::config::VsockConfig {
+                guest_cid: GUEST_CID,
+                uds_path: uds.clone(),
+            });
+        }
         c.cmdline = cmdline(self.debug);
         c.memory = w.limits.memory.unwrap_or(DEFAULT_MEMORY);
         c.vcpus = w.limits.cpus.map_or(1, |n| n as u32);
@@ -328,6 +355,7 @@ fn snapshot_key(w: &Workload, c: &VmConfig, kernel: &Path, init: &Path) -> Resul
         ("cmdline", c.cmdline.clone()),
         ("memory", c.memory.to_string()),
         ("vcpus", c.vcpus.to_string()),
+        ("vsock", if c.vsock.is_some() { "on" } else { "off" }.into()),
     ]))
 }
 

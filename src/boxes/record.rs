@@ -66,6 +66,9 @@ pub struct State {
     /// Its cgroup directories on the host (container), for cleanup after a
     /// supervisor that died.
     pub cgroups: Vec<std::path::PathBuf>,
+    /// A VM's workload's pid inside the guest, as its agent reports it.
+    #[serde(default)]
+    pub guest_pid: Option<u32>,
 }
 
 /// One box.

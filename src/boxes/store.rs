@@ -298,6 +298,7 @@ mod tests {
                 error: None,
                 oom_killed: false,
                 cgroups: Vec::new(),
+                guest_pid: None,
             },
         };
         b.create(&mut r)?;

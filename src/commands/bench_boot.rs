@@ -55,6 +55,7 @@ fn qemu_command(
         user: "",
         hostname: "twinbox",
         root: "",
+        agent_port: None,
     })?;
     // The image's archive, then the run archive appended to it.
     let initrd = dir.join("qemu-initrd.cpio");

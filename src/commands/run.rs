@@ -34,6 +34,7 @@ pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
                 cold: args.cold,
                 profile: args.profile.clone(),
                 console: None,
+                vsock: None,
             }
             .run(&w)?;
             Ok(code as u8)

@@ -71,6 +71,7 @@ fn make(store: &Store, memory: Option<String>, cpus: Option<String>, image: Stri
         cold: false,
         profile: None,
         console: None,
+        vsock: None,
     };
     let p = backend.prepare(&w)?;
     let Some(key) = p.key.clone() else {

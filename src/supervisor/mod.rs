@@ -39,6 +39,8 @@ use crate::boxes::store::{self, Boxes};
 use crate::cli::Isolation;
 use crate::terminal;
 
+pub mod guest;
+
 /// How long the box's output is drained after its first process ended.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -47,6 +49,10 @@ const MAX_CLIENTS: usize = 256;
 
 /// Most execs running at once.
 const MAX_EXECS: usize = 64;
+
+/// Longest wait for a VM's guest agent: a boot (and a snapshot made on
+/// the way) under an emulating hypervisor takes tens of seconds.
+const AGENT_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// A connected command.
 struct Client {
@@ -88,6 +94,10 @@ enum Box_ {
     Vm {
         done: std::sync::mpsc::Receiver<Result<i32>>,
         wake: OwnedFd,
+        /// The guest agent's control connection, while it answers.
+        agent: Option<guest::Agent>,
+        /// Running execs' handles, by the client that started them.
+        execs: HashMap<u64, guest::ExecHandle>,
     },
 }
 
@@ -276,26 +286,72 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
             });
             let (wake_r, wake_w) = pipe()?;
             let (tx, rx) = std::sync::mpsc::channel();
+            // The VM's vsock socket, by a short path (sockaddr_un holds
+            // 108 bytes; the box's directory may be deep).
+            let uds =
+                std::path::PathBuf::from(format!("/proc/self/fd/{}/vsock.sock", dirfd.as_raw_fd()));
             let backend = VmBackend {
                 debug: false,
                 cold: rec.options.cold,
                 profile: None,
                 console: Some(std::sync::Arc::new(std::fs::File::from(wr))),
+                vsock: Some(uds.clone()),
             };
             let mut wl = w.clone();
             wl.image_command = rec.image_command.clone();
+            let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let ended2 = ended.clone();
             std::thread::Builder::new()
                 .name("vm".into())
                 .spawn(move || {
                     let r = crate::backends::Backend::run(&backend, &wl);
                     drop(backend);
+                    ended2.store(true, std::sync::atomic::Ordering::SeqCst);
                     let _ = tx.send(r);
                     let _ = nix::unistd::write(&wake_w, b"x");
                 })?;
+            // Running means the workload started: the agent says so.
+            let agent = guest::connect(&uds, AGENT_WAIT, || {
+                ended.load(std::sync::atomic::Ordering::SeqCst)
+            });
+            let agent = match agent {
+                Ok(a) => a,
+                Err(e) => {
+                    let (code, why) = match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+                        Ok(Ok(code)) => (code, format!("{e:#} (it exited with {code})")),
+                        Ok(Err(vm)) => (125, format!("{vm:#}")),
+                        Err(_) => (125, format!("{e:#}")),
+                    };
+                    // Whatever the console said is the box's log.
+                    for o in &outputs {
+                        let _ = terminal::set_nonblocking(&o.fd);
+                        while let Ok(n) =
+                            terminal::read_some(o.fd.as_raw_fd(), &mut [0u8; 4096][..])
+                        {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    }
+                    rec.state.status = Status::Exited;
+                    rec.state.exit_code = Some(code);
+                    rec.state.error = Some(why.clone());
+                    rec.state.finished_at = Some(now());
+                    boxes.save(&rec)?;
+                    ready.say(&format!("err {code} {why}"));
+                    if rec.options.auto_remove {
+                        boxes.remove(id)?;
+                    }
+                    std::process::exit(code & 0xff);
+                }
+            };
             rec.state.pid = Some(std::process::id() as i32);
+            rec.state.guest_pid = Some(agent.main_pid);
             Box_::Vm {
                 done: rx,
                 wake: wake_r,
+                agent: Some(agent),
+                execs: HashMap::new(),
             }
         }
     };
@@ -335,15 +391,18 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
         };
         fds.push(pfd(listener.as_raw_fd()));
         fds.push(pfd(sigfd.as_raw_fd()));
-        let box_fd = match &the_box {
-            Box_::Container { running, .. } => running.as_ref().and_then(|r| r.pidfd()),
-            Box_::Vm { wake, .. } => Some(wake.as_raw_fd()),
+        let (box_fd, agent_fd) = match &the_box {
+            Box_::Container { running, .. } => (running.as_ref().and_then(|r| r.pidfd()), None),
+            Box_::Vm { wake, agent, .. } => {
+                (Some(wake.as_raw_fd()), agent.as_ref().map(|a| a.fd()))
+            }
         };
         fds.push(pfd(if sup.exit.is_none() {
             box_fd.unwrap_or(-1)
         } else {
             -1
         }));
+        fds.push(pfd(agent_fd.unwrap_or(-1)));
         let base = fds.len();
         for o in &outputs {
             fds.push(pfd(o.fd.as_raw_fd()));
@@ -394,6 +453,13 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
             return Err(std::io::Error::last_os_error()).context("poll");
         }
         let ready_ = |i: usize| fds[i].revents != 0;
+        if ready_(3) {
+            if let Box_::Vm { agent, .. } = &mut the_box {
+                if agent.as_mut().is_some_and(|a| !a.drain()) {
+                    *agent = None;
+                }
+            }
+        }
 
         // The box's output first, so a last line is logged before the end.
         let mut closed = Vec::new();
@@ -687,16 +753,23 @@ fn kill_box(b: &mut Box_, sig: i32, sup: &mut Sup) -> Reply {
             // The VM is this process's threads: it ends with the
             // supervisor, which records the end first.
             sup.exit.get_or_insert(137);
-            sup.ended_at.get_or_insert(Instant::now());
+            // At once: the console pipe does not close while vCPUs run.
+            sup.ended_at = Some(
+                Instant::now()
+                    .checked_sub(DRAIN)
+                    .unwrap_or_else(Instant::now),
+            );
             sup.error
                 .get_or_insert_with(|| "killed (SIGKILL): the VM was destroyed".into());
             Reply::Ok
         }
-        Box_::Vm { .. } => error(
+        Box_::Vm { agent: Some(a), .. } => match a.signal(sig) {
+            Ok(()) => Reply::Ok,
+            Err(e) => error(125, format!("{e:#}")),
+        },
+        Box_::Vm { agent: None, .. } => error(
             125,
-            format!(
-                "signal {sig} cannot reach a VM's workload yet (no guest agent channel); only SIGKILL, which destroys the VM"
-            ),
+            format!("signal {sig} cannot reach the VM's workload: its guest agent is gone"),
         ),
     }
 }
@@ -726,6 +799,15 @@ fn handle(
             }
         }
         Request::Resize { rows, cols } => {
+            if let Box_::Vm { execs, .. } = b {
+                let r = match execs.get(&cid).map(|h| h.resize(rows, cols)) {
+                    Some(Ok(())) => Reply::Ok,
+                    Some(Err(e)) => error(125, format!("{e:#}")),
+                    None => error(125, "no terminal to resize".into()),
+                };
+                reply(sup, cid, &r);
+                return;
+            }
             let exec = sup.clients.get(&cid).and_then(|c| c.exec);
             let fd = match exec.and_then(|e| sup.execs.get(&e)) {
                 Some(x) => x.tty.as_ref().map(|t| t.master.as_raw_fd()),
@@ -738,13 +820,11 @@ fn handle(
             };
             reply(sup, cid, &r);
         }
-        Request::Exec(x) => {
-            let r = match exec(sup, cid, &x, passed, b, rec) {
-                Ok(pid) => Reply::Started { pid },
-                Err(r) => r,
-            };
-            reply(sup, cid, &r);
-        }
+        Request::Exec(x) => match exec(sup, cid, &x, passed, b, rec) {
+            Ok(Some(pid)) => reply(sup, cid, &Reply::Started { pid }),
+            Ok(None) => {}
+            Err(r) => reply(sup, cid, &r),
+        },
     }
 }
 
@@ -755,7 +835,7 @@ fn exec(
     passed: Vec<OwnedFd>,
     b: &mut Box_,
     rec: &Record,
-) -> std::result::Result<i32, Reply> {
+) -> std::result::Result<Option<i32>, Reply> {
     if sup.exit.is_some() {
         return Err(error(125, "the box is not running".into()));
     }
@@ -772,11 +852,35 @@ fn exec(
         Box_::Container { running: None, .. } => {
             return Err(error(125, "the box is not running".into()))
         }
-        Box_::Vm { .. } => return Err(error(
-            125,
-            "exec into a VM needs the guest agent channel (virtio-vsock), which is not built yet"
-                .into(),
-        )),
+        Box_::Vm { agent, execs, .. } => {
+            let Some(a) = agent.as_mut() else {
+                return Err(error(125, "the VM's guest agent is gone".into()));
+            };
+            if passed.len() != 3 {
+                return Err(error(
+                    125,
+                    "exec: stdin, stdout and stderr were not passed".into(),
+                ));
+            }
+            let w = &rec.workload;
+            let mut env = w.env.clone();
+            env.extend(x.env.iter().cloned());
+            let reply_to = sup
+                .clients
+                .get(&cid)
+                .and_then(|c| c.s.try_clone().ok())
+                .ok_or_else(|| error(125, "the caller is gone".into()))?;
+            let h = a.exec(
+                x,
+                env,
+                x.cwd.clone().unwrap_or_else(|| w.cwd.clone()),
+                x.user.clone().unwrap_or_else(|| w.user.clone()),
+                passed,
+                reply_to,
+            )?;
+            execs.insert(cid, h);
+            return Ok(None);
+        }
     };
     if passed.len() != 3 && !x.detach {
         return Err(error(
@@ -848,7 +952,7 @@ fn exec(
     if let Some(c) = sup.clients.get_mut(&cid) {
         c.exec = Some(p.pid);
     }
-    Ok(p.pid)
+    Ok(Some(p.pid))
 }
 
 fn finish(

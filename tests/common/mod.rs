@@ -58,6 +58,31 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// A test that failed half-way may leave boxes running: their
+    /// supervisors (whose environment names this home) are killed, and
+    /// their boxes with them.
+    fn drop(&mut self) {
+        let want = format!("TWINBOX_HOME={}", self.home().display());
+        let Ok(d) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for e in d.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|p| p.parse::<i32>().ok()) else {
+                continue;
+            };
+            let mine = std::fs::read(format!("/proc/{pid}/environ"))
+                .map(|env| env.split(|&b| b == 0).any(|v| v == want.as_bytes()))
+                .unwrap_or(false);
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if mine && cmd.windows(9).any(|w| w == b"supervise") {
+                // SAFETY: kill takes integers.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
 pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
