@@ -22,6 +22,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::pty::Pty;
 use common::{code, stderr, stdout, Env};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -408,6 +409,180 @@ fn a_vm_run_killed_mid_boot_leaves_no_temporary_file() -> TestResult {
     assert!(left.is_empty(), "left behind in TMPDIR: {left:?}");
     // It was making the snapshot: nothing a later run would use is there.
     assert!(snapshots(&env).is_empty(), "{:?}", snapshots(&env));
+    Ok(())
+}
+
+/// `twinbox ARGS` against `env`, with the test's kernel.
+fn tb(env: &Env, kernel: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_twinbox"));
+    c.args(args)
+        .env("TWINBOX_HOME", env.home())
+        .env("TWINBOX_CACHE", env.cache())
+        .env("TWINBOX_KERNEL", kernel);
+    c
+}
+
+/// `twinbox ARGS` must succeed: its stdout, trimmed.
+fn tb_ok(env: &Env, kernel: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let out = tb(env, kernel, args).output()?;
+    assert_eq!(code(&out), 0, "twinbox {args:?}: {}", stderr(&out));
+    Ok(stdout(&out).trim().to_string())
+}
+
+fn box_state(
+    env: &Env,
+    kernel: &Path,
+    name: &str,
+) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    let v: serde_json::Value = serde_json::from_str(&tb_ok(env, kernel, &["inspect", name])?)?;
+    Ok(v[0]["state"].clone())
+}
+
+/// A VM box that lives: `run -d` returns once the guest agent reports the
+/// workload running; `ps`, `logs`, `exec` (status, streams, -e, -w, -i,
+/// 127, a terminal with its size, a resize and Ctrl-C), `stop` (SIGTERM
+/// through the agent), `kill` (SIGKILL destroys the VM), a killed
+/// supervisor, and `rm` leaving nothing.
+#[test]
+fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
+    let Some((kernel, env)) = shared()? else {
+        return Ok(());
+    };
+    let k = kernel.as_path();
+    let id = tb_ok(
+        env,
+        k,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "vmweb",
+            "busybox",
+            "sh",
+            "-c",
+            "echo up; exec sleep 1000",
+        ],
+    )?;
+    assert_eq!(id.len(), 64, "{id}");
+    let st = box_state(env, k, "vmweb")?;
+    assert_eq!(st["status"], "running", "{st}");
+    assert!(st["guest_pid"].as_u64().is_some_and(|p| p > 1), "{st}");
+    let ps = tb_ok(env, k, &["ps"])?;
+    let line = ps.lines().find(|l| l.contains("vmweb")).ok_or("ps")?;
+    assert!(line.contains(" vm ") && line.contains("Up "), "{line}");
+
+    // exec: in the guest (its own kernel), status, both streams, env, cwd.
+    let out = tb(
+        env,
+        k,
+        &[
+            "exec",
+            "-e",
+            "K=v w",
+            "-w",
+            "/tmp",
+            "vmweb",
+            "sh",
+            "-c",
+            "echo $K; pwd; cat /proc/1/cmdline | tr '\\0' ' '; echo err >&2; exit 6",
+        ],
+    )
+    .output()?;
+    assert_eq!(code(&out), 6, "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("v w"), "{text}");
+    assert_eq!(lines.next(), Some("/tmp"), "{text}");
+    assert!(
+        lines.next().is_some_and(|l| l.contains("/.twinbox/init")),
+        "{text}"
+    );
+    assert_eq!(stderr(&out), "err\n");
+    // Its own kernel, not the host's.
+    assert_ne!(
+        tb_ok(
+            env,
+            k,
+            &["exec", "vmweb", "cat", "/proc/sys/kernel/osrelease"]
+        )?,
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim()
+    );
+    let out = tb(env, k, &["exec", "vmweb", "no-such-command"]).output()?;
+    assert_eq!(code(&out), 127, "{}", stderr(&out));
+    let mut c = tb(env, k, &["exec", "-i", "vmweb", "cat"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(c.stdin.as_mut().ok_or("stdin")?, b"into the guest\n")?;
+    drop(c.stdin.take());
+    let o = c.wait_with_output()?;
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "into the guest\n");
+    // A terminal in the guest.
+    let mut pty = Pty::spawn(tb(env, k, &["exec", "-it", "vmweb", "sh"]), 24, 80)?;
+    let t = std::time::Duration::from_secs(120);
+    pty.send(b"stty size; tty\r")?;
+    pty.expect("24 80", t)?;
+    pty.expect("/dev/pts/", t)?;
+    pty.resize(30, 100)?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    pty.send(b"stty size\r")?;
+    pty.expect("30 100", t)?;
+    pty.send(b"sleep 1000\r")?;
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    pty.send(b"\x03")?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    pty.send(b"echo status=$?\r")?;
+    pty.expect("status=130", t)?;
+    pty.send(b"exit 9\r")?;
+    assert_eq!(pty.wait(t)?, 9);
+
+    // logs: the console, kept after the exit; stop: SIGTERM to sleep.
+    assert!(tb_ok(env, k, &["logs", "vmweb"])?.contains("up"));
+    assert_eq!(tb_ok(env, k, &["stop", "vmweb"])?, "vmweb");
+    assert_eq!(tb_ok(env, k, &["wait", "vmweb"])?, "143");
+    assert!(tb_ok(env, k, &["logs", "vmweb"])?.contains("up"));
+
+    // kill: SIGKILL destroys the VM at once.
+    tb_ok(
+        env,
+        k,
+        &["run", "-d", "--name", "vmkill", "busybox", "sleep", "1000"],
+    )?;
+    tb_ok(env, k, &["kill", "vmkill"])?;
+    assert_eq!(tb_ok(env, k, &["wait", "vmkill"])?, "137");
+
+    // A killed supervisor takes its VM (its threads) along.
+    tb_ok(
+        env,
+        k,
+        &[
+            "run", "-d", "--name", "vmorphan", "busybox", "sleep", "1000",
+        ],
+    )?;
+    let sup = box_state(env, k, "vmorphan")?["supervisor"]
+        .as_i64()
+        .ok_or("supervisor")?;
+    // SAFETY: kill takes integers.
+    unsafe { libc::kill(sup as i32, libc::SIGKILL) };
+    let t0 = std::time::Instant::now();
+    while box_state(env, k, "vmorphan")?["status"] != "exited" {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(box_state(env, k, "vmorphan")?["error"]
+        .to_string()
+        .contains("gone"));
+    // Gone, or a zombie its new parent has not reaped yet.
+    let stat = std::fs::read_to_string(format!("/proc/{sup}/stat")).unwrap_or_default();
+    assert!(stat.is_empty() || stat.contains(") Z "), "{stat}");
+
+    tb_ok(env, k, &["rm", "vmweb", "vmkill", "vmorphan"])?;
+    let left: Vec<_> = std::fs::read_dir(env.home().join("boxes"))?
+        .flatten()
+        .filter(|e| e.file_name() != ".lock")
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     Ok(())
 }
 

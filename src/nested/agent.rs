@@ -54,6 +54,9 @@ fn serve() -> Result<()> {
     mount_fs("proc", "/proc", None)?;
     let uptime_s = uptime();
     mount_fs("devtmpfs", "/dev", None)?;
+    // Terminals for the tests' PTY harness (`exec -it`).
+    fs::create_dir_all("/dev/pts")?;
+    mount_fs("devpts", "/dev/pts", Some("mode=0620,ptmxmode=0666"))?;
     mount_fs("sysfs", "/sys", None)?;
     // The root is the kernel's tmpfs (no root= given), which already holds
     // what the payload put under /tmp: no second tmpfs over it.
