@@ -315,6 +315,27 @@ pub enum BenchCommand {
     /// workload) from init's boot-timer marks; a pmem root and an
     /// initramfs root alternate when the kernel can take both.
     Boot(BootBenchArgs),
+    /// Boxes that live: exec latency into a running box (container, VM,
+    /// crun exec, docker exec) and host memory per idle detached box, 10
+    /// at once, beside crun and Docker.
+    Lifecycle(LifecycleBenchArgs),
+}
+
+/// `twinbox bench lifecycle`
+#[derive(Debug, Args)]
+pub struct LifecycleBenchArgs {
+    /// Measured execs into the container and the crun and Docker boxes.
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Measured execs into the VM (slow on an emulating hypervisor).
+    #[arg(long, default_value_t = 10)]
+    pub vm_runs: usize,
+    /// Boxes alive at once for the memory figures.
+    #[arg(long, default_value_t = 10)]
+    pub boxes: usize,
+    /// Also write every figure as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// A Linux guest's boot: see `twinbox bench boot`.

@@ -536,6 +536,59 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
     pty.send(b"exit 9\r")?;
     assert_eq!(pty.wait(t)?, 9);
 
+    // The first process with stdin (-i) and with a terminal (-it): the
+    // agent runs it, a plain `run` of them is `run --rm`.
+    let mut c = tb(
+        env,
+        k,
+        &[
+            "run",
+            "-i",
+            "busybox",
+            "sh",
+            "-c",
+            "cat; echo err >&2; exit 3",
+        ],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()?;
+    std::io::Write::write_all(c.stdin.as_mut().ok_or("stdin")?, b"hi from the host\n")?;
+    drop(c.stdin.take());
+    let o = c.wait_with_output()?;
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "hi from the host\n");
+    assert_eq!(String::from_utf8_lossy(&o.stderr), "err\n");
+    let mut pty = Pty::spawn(
+        tb(env, k, &["run", "-it", "--name", "vmtty", "busybox", "sh"]),
+        24,
+        80,
+    )?;
+    pty.send(b"stty size; tty\r")?;
+    pty.expect("24 80", t)?;
+    pty.expect("/dev/pts/", t)?;
+    pty.resize(30, 100)?;
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    pty.send(b"stty size\r")?;
+    pty.expect("30 100", t)?;
+    pty.send(b"exit 4\r")?;
+    assert_eq!(pty.wait(t)?, 4);
+    assert_eq!(tb_ok(env, k, &["wait", "vmtty"])?, "4");
+    assert!(tb_ok(env, k, &["logs", "vmtty"])?.contains("30 100"));
+    // A workload done before anyone asked: started, and exited.
+    tb_ok(
+        env,
+        k,
+        &["run", "-d", "--name", "vmquick", "busybox", "true"],
+    )?;
+    assert_eq!(tb_ok(env, k, &["wait", "vmquick"])?, "0");
+
     // logs: the console, kept after the exit; stop: SIGTERM to sleep.
     assert!(tb_ok(env, k, &["logs", "vmweb"])?.contains("up"));
     assert_eq!(tb_ok(env, k, &["stop", "vmweb"])?, "vmweb");
@@ -576,7 +629,11 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
     let stat = std::fs::read_to_string(format!("/proc/{sup}/stat")).unwrap_or_default();
     assert!(stat.is_empty() || stat.contains(") Z "), "{stat}");
 
-    tb_ok(env, k, &["rm", "vmweb", "vmkill", "vmorphan"])?;
+    tb_ok(
+        env,
+        k,
+        &["rm", "vmweb", "vmkill", "vmorphan", "vmtty", "vmquick"],
+    )?;
     let left: Vec<_> = std::fs::read_dir(env.home().join("boxes"))?
         .flatten()
         .filter(|e| e.file_name() != ".lock")

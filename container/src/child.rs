@@ -174,12 +174,19 @@ pub struct ChildPlan {
 /// Runs the child to `execve`; never returns.
 pub fn run(p: &ChildPlan) -> ! {
     let Err((stage, errno)) = steps(p);
+    fail(p.err_write, stage, errno)
+}
+
+/// Reports `stage` and `errno` on the error pipe `fd` and ends the
+/// process with the shell's code for them (127, 126, else 125). Child
+/// side: system calls only.
+pub(crate) fn fail(fd: RawFd, stage: Stage, errno: Errno) -> ! {
     let mut msg = [0u8; 8];
     msg[..4].copy_from_slice(&(stage as u32).to_ne_bytes());
     msg[4..].copy_from_slice(&(errno as i32).to_ne_bytes());
     // SAFETY: writes 8 bytes from our buffer to our pipe; one write below
     // PIPE_BUF is atomic.
-    unsafe { libc::write(p.err_write, msg.as_ptr().cast(), msg.len()) };
+    unsafe { libc::write(fd, msg.as_ptr().cast(), msg.len()) };
     let code = match (stage, errno) {
         (Stage::Exec, Errno::ENOENT | Errno::ENOTDIR) => 127,
         (Stage::Exec, _) => 126,
@@ -188,6 +195,52 @@ pub fn run(p: &ChildPlan) -> ! {
     // SAFETY: ends the child at once, without running the parent's atexit
     // handlers or destructors on a copied address space.
     unsafe { libc::_exit(code) }
+}
+
+/// Launcher side: reads the error pipe to its end. `None`: EOF without a
+/// report, so the `execve` succeeded; else the stage (`None` if unknown)
+/// and errno the child reported.
+pub(crate) fn read_report(
+    fd: &std::os::fd::OwnedFd,
+) -> Result<Option<(Option<Stage>, Errno)>, Errno> {
+    let mut msg = [0u8; 8];
+    let mut got = 0;
+    while got < msg.len() {
+        match nix::unistd::read(fd, &mut msg[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if got < msg.len() {
+        return Ok(None);
+    }
+    let stage = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
+    let errno = Errno::from_raw(i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]));
+    Ok(Some((Stage::from_u32(stage), errno)))
+}
+
+/// `execve`s the first of `paths` that exists (argv and envp are
+/// NULL-terminated arrays of NUL-terminated strings the caller keeps
+/// alive); returns why none ran: EACCES if one was found but could not
+/// be executed, else ENOENT, or the first other error.
+pub(crate) fn execve_over(
+    paths: &[CString],
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+) -> Errno {
+    let mut err = Errno::ENOENT;
+    for path in paths {
+        // SAFETY: as the caller promises: valid strings and arrays.
+        unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+        match Errno::last() {
+            Errno::ENOENT | Errno::ENOTDIR => {}
+            Errno::EACCES => err = Errno::EACCES,
+            e => return e,
+        }
+    }
+    err
 }
 
 fn wait_byte(fd: RawFd) -> Result<(), (Stage, Errno)> {
@@ -324,19 +377,5 @@ fn steps(p: &ChildPlan) -> Result<Never, (Stage, Errno)> {
     if p.seccomp {
         crate::seccomp::install().map_err(|e| (Stage::Seccomp, e))?;
     }
-    let mut err = Errno::ENOENT;
-    for path in &p.exec_paths {
-        // SAFETY: path, argv and envp are NUL-terminated strings and
-        // NULL-terminated pointer arrays kept alive by the plan.
-        unsafe { libc::execve(path.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr()) };
-        match Errno::last() {
-            Errno::ENOENT | Errno::ENOTDIR => {}
-            Errno::EACCES => err = Errno::EACCES,
-            e => {
-                err = e;
-                break;
-            }
-        }
-    }
-    Err((Stage::Exec, err))
+    Err((Stage::Exec, execve_over(&p.exec_paths, &p.argv, &p.envp)))
 }

@@ -16,7 +16,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 
-use crate::child::{take_stdio, Stage};
+use crate::child::{execve_over, fail, read_report, take_stdio, Stage};
 use crate::config::Stdio;
 use crate::cstring as c;
 use crate::run::{Error, Running};
@@ -164,17 +164,9 @@ pub fn exec(box_: &Running, cfg: &ExecConfig) -> Result<ExecProcess, Error> {
             drop(err_write);
             // Keep the strings alive until the child has its copy.
             drop((argv_store, env_store));
-            let mut msg = [0u8; 8];
-            let mut got = 0;
-            while got < msg.len() {
-                match nix::unistd::read(&err_read, &mut msg[got..]) {
-                    Ok(0) => break,
-                    Ok(n) => got += n,
-                    Err(Errno::EINTR) => {}
-                    Err(e) => return Err(Error::Sys("reading the exec's report", e)),
-                }
-            }
-            if got < msg.len() {
+            let report =
+                read_report(&err_read).map_err(|e| Error::Sys("reading the exec's report", e))?;
+            let Some((stage, errno)) = report else {
                 let pty = match &pty_pair {
                     Some((ours, _)) => Some(
                         crate::pty::recv_master(ours.as_raw_fd())
@@ -183,35 +175,10 @@ pub fn exec(box_: &Running, cfg: &ExecConfig) -> Result<ExecProcess, Error> {
                     None => None,
                 };
                 return Ok(ExecProcess { pid, pty });
-            }
+            };
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None);
-            let stage = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
-            let errno = Errno::from_raw(i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]));
-            Err(match Stage::from_u32(stage) {
-                Some(Stage::Exec) => Error::Exec {
-                    cmd: cfg.argv[0].clone(),
-                    errno,
-                },
-                Some(s) => Error::Setup(s, errno),
-                None => Error::Setup(Stage::Parent, Errno::EPROTO),
-            })
+            Err(crate::run::report_error(stage, errno, &cfg.argv[0]))
         }
-    }
-}
-
-fn report(fd: RawFd, stage: Stage, errno: Errno) -> ! {
-    let mut msg = [0u8; 8];
-    msg[..4].copy_from_slice(&(stage as u32).to_ne_bytes());
-    msg[4..].copy_from_slice(&(errno as i32).to_ne_bytes());
-    // SAFETY: writes 8 bytes from our buffer to our pipe, then ends the
-    // process without running the parent's destructors.
-    unsafe {
-        libc::write(fd, msg.as_ptr().cast(), msg.len());
-        libc::_exit(match (stage, errno) {
-            (Stage::Exec, Errno::ENOENT | Errno::ENOTDIR) => 127,
-            (Stage::Exec, _) => 126,
-            _ => 125,
-        })
     }
 }
 
@@ -226,14 +193,14 @@ fn prctl(option: libc::c_int, arg: libc::c_ulong) -> Result<(), (Stage, Errno)> 
 /// The waiter: joins the box, forks the process, mirrors its end.
 fn waiter(p: &Plan) -> ! {
     if let Err((stage, errno)) = enter(p) {
-        report(p.err_write, stage, errno);
+        fail(p.err_write, stage, errno);
     }
     // SAFETY: a plain fork of this single-purpose process.
     match unsafe { libc::fork() } {
-        -1 => report(p.err_write, Stage::Setns, Errno::last()),
+        -1 => fail(p.err_write, Stage::Setns, Errno::last()),
         0 => {
             let Err((stage, errno)) = process(p);
-            report(p.err_write, stage, errno)
+            fail(p.err_write, stage, errno)
         }
         pid => {
             // SAFETY: closes our copy of the report pipe, so the launcher
@@ -321,19 +288,5 @@ fn process(p: &Plan) -> Result<Never, (Stage, Errno)> {
     if p.seccomp {
         crate::seccomp::install().map_err(|e| (Stage::Seccomp, e))?;
     }
-    let mut err = Errno::ENOENT;
-    for path in &p.exec_paths {
-        // SAFETY: path, argv and envp are NUL-terminated strings and
-        // NULL-terminated pointer arrays kept alive by the caller's plan.
-        unsafe { libc::execve(path.as_ptr(), p.argv.as_ptr(), p.envp.as_ptr()) };
-        match Errno::last() {
-            Errno::ENOENT | Errno::ENOTDIR => {}
-            Errno::EACCES => err = Errno::EACCES,
-            e => {
-                err = e;
-                break;
-            }
-        }
-    }
-    Err((Stage::Exec, err))
+    Err((Stage::Exec, execve_over(&p.exec_paths, &p.argv, &p.envp)))
 }

@@ -77,6 +77,19 @@ impl Error {
     }
 }
 
+/// The error a child's report (stage and errno) stands for; `cmd` is the
+/// program it was to run.
+pub(crate) fn report_error(stage: Option<Stage>, errno: Errno, cmd: &str) -> Error {
+    match stage {
+        Some(Stage::Exec) => Error::Exec {
+            cmd: cmd.to_string(),
+            errno,
+        },
+        Some(s) => Error::Setup(s, errno),
+        None => Error::Setup(Stage::Parent, Errno::EPROTO),
+    }
+}
+
 /// How the workload ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
@@ -380,31 +393,14 @@ fn start_masked(cfg: &ContainerConfig, old_mask: SigSet) -> Result<Running, Erro
     write_byte(go_write.as_raw_fd())?;
 
     // EOF on the error pipe: execve succeeded. Eight bytes: a failure.
-    let mut msg = [0u8; 8];
-    let mut got = 0;
-    while got < msg.len() {
-        match nix::unistd::read(&err_read, &mut msg[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(Errno::EINTR) => {}
-            Err(e) => return Err(Error::Sys("reading the box's setup report", e)),
-        }
-    }
+    let report = child::read_report(&err_read)
+        .map_err(|e| Error::Sys("reading the box's setup report", e))?;
     let setup = t_clone.elapsed();
     drop(go_write);
-    if got == msg.len() {
-        let stage = u32::from_ne_bytes([msg[0], msg[1], msg[2], msg[3]]);
-        let errno = Errno::from_raw(i32::from_ne_bytes([msg[4], msg[5], msg[6], msg[7]]));
+    if let Some((stage, errno)) = report {
         guard.0 = None;
         let _ = nix::sys::wait::waitpid(pid, None);
-        return Err(match Stage::from_u32(stage) {
-            Some(Stage::Exec) => Error::Exec {
-                cmd: cfg.argv[0].clone(),
-                errno,
-            },
-            Some(s) => Error::Setup(s, errno),
-            None => Error::Setup(Stage::Parent, Errno::EPROTO),
-        });
+        return Err(report_error(stage, errno, &cfg.argv[0]));
     }
 
     // SAFETY: pidfd_open takes a pid and flags, no pointers; a valid

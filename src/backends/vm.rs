@@ -49,6 +49,10 @@ pub(crate) struct Spec<'a> {
     /// The vsock port init's guest agent serves (a box that lives).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent_port: Option<u32>,
+    /// The first process only holds the box; the host runs the workload
+    /// through the agent (a box with `-i` or `-t`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hold: bool,
 }
 
 /// Where the guest finds the image's root disk.
@@ -84,6 +88,10 @@ pub struct VmBackend {
     /// A box that lives: the VM gets a vsock device whose Unix socket is
     /// here, and init serves its guest agent on [`twinbox_agent::PORT`].
     pub vsock: Option<PathBuf>,
+    /// With `vsock`: init's first process only holds the box, and the
+    /// supervisor starts the workload through the agent, relaying its
+    /// stdin and terminal (`-i`, `-t`).
+    pub hold: bool,
 }
 
 /// True if the kernel at `kernel` has the virtio-vsock driver built in
@@ -267,6 +275,7 @@ impl VmBackend {
             hostname: "twinbox",
             root: if pmem_root { ROOT_DISK } else { "" },
             agent_port: self.vsock.as_ref().map(|_| twinbox_agent::PORT),
+            hold: self.hold && self.vsock.is_some(),
         })?;
         // An unnamed file (O_TMPFILE): it is gone with the last descriptor,
         // even if this process is killed, so a run never leaves it behind.

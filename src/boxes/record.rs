@@ -71,6 +71,25 @@ pub struct State {
     pub guest_pid: Option<u32>,
 }
 
+impl State {
+    /// A box just made, never started.
+    pub fn created() -> Self {
+        Self {
+            status: Status::Created,
+            supervisor: None,
+            supervisor_start: None,
+            pid: None,
+            started_at: None,
+            finished_at: None,
+            exit_code: None,
+            error: None,
+            oom_killed: false,
+            cgroups: Vec::new(),
+            guest_pid: None,
+        }
+    }
+}
+
 /// One box.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Record {

@@ -287,19 +287,7 @@ mod tests {
             }))?,
             image_command: Default::default(),
             options: Options::default(),
-            state: State {
-                status: Status::Created,
-                supervisor: None,
-                supervisor_start: None,
-                pid: None,
-                started_at: None,
-                finished_at: None,
-                exit_code: None,
-                error: None,
-                oom_killed: false,
-                cgroups: Vec::new(),
-                guest_pid: None,
-            },
+            state: State::created(),
         };
         b.create(&mut r)?;
         Ok(r)

@@ -56,6 +56,7 @@ fn qemu_command(
         hostname: "twinbox",
         root: "",
         agent_port: None,
+        hold: false,
     })?;
     // The image's archive, then the run archive appended to it.
     let initrd = dir.join("qemu-initrd.cpio");

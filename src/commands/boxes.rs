@@ -39,12 +39,6 @@ fn log_max(opts: &[String]) -> Result<u64> {
 
 /// Makes a box's record from `run`/`create` arguments.
 pub fn create(store: &Store, args: &RunArgs) -> Result<Record> {
-    if args.interactive && args.isolation == Isolation::Vm {
-        bail!("-i: a VM gets no stdin yet (it needs the guest agent channel, not built yet); use --isolation container");
-    }
-    if args.tty && args.isolation == Isolation::Vm {
-        bail!("-t: a VM has no terminal yet (it needs the guest agent channel, not built yet); use --isolation container");
-    }
     if args.profile.is_some() || args.dry_run || args.debug {
         bail!("--profile, --dry-run and --debug are for a foreground `twinbox run` without -d, --name or -t");
     }
@@ -60,24 +54,15 @@ pub fn create(store: &Store, args: &RunArgs) -> Result<Record> {
         options: Options {
             interactive: args.interactive,
             tty: args.tty,
-            auto_remove: args.rm,
+            // A VM run with -i or -t but no -d or name is Docker's
+            // `run --rm`, as a plain `twinbox run` is.
+            auto_remove: args.rm
+                || (args.isolation == Isolation::Vm && !args.detach && args.name.is_none()),
             userns: args.userns,
             cold: args.cold,
             log_max: log_max(&args.log_opt)?,
         },
-        state: State {
-            status: Status::Created,
-            supervisor: None,
-            supervisor_start: None,
-            pid: None,
-            started_at: None,
-            finished_at: None,
-            exit_code: None,
-            error: None,
-            oom_killed: false,
-            cgroups: Vec::new(),
-            guest_pid: None,
-        },
+        state: State::created(),
     };
     b.create(&mut rec)?;
     Ok(rec)

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod bench_boot;
 pub mod bench_container;
 pub mod bench_full;
+pub mod bench_lifecycle;
 pub mod boxes;
 pub mod doctor;
 pub mod image;

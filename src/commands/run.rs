@@ -12,12 +12,11 @@ use crate::workload;
 
 /// Runs `twinbox run`; returns the workload's exit code.
 pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
-    // A box that lives: detached, named, or with a terminal.
-    if args.detach || args.name.is_some() || args.tty {
+    // A box that lives: detached, named, or with a terminal; and a VM
+    // with stdin, which only its guest agent can pass.
+    let vm_stdin = args.interactive && args.isolation == Isolation::Vm;
+    if args.detach || args.name.is_some() || args.tty || vm_stdin {
         return crate::commands::boxes::run(store, args);
-    }
-    if args.interactive && args.isolation == Isolation::Vm {
-        anyhow::bail!("-i: a VM gets no stdin yet (it needs the guest agent channel, not built yet); use --isolation container");
     }
     let w = workload::resolve(store, args)?;
     if args.profile.is_some() && w.isolation != Isolation::Vm {
@@ -35,6 +34,7 @@ pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
                 profile: args.profile.clone(),
                 console: None,
                 vsock: None,
+                hold: false,
             }
             .run(&w)?;
             Ok(code as u8)

@@ -72,6 +72,7 @@ fn make(store: &Store, memory: Option<String>, cpus: Option<String>, image: Stri
         profile: None,
         console: None,
         vsock: None,
+        hold: false,
     };
     let p = backend.prepare(&w)?;
     let Some(key) = p.key.clone() else {

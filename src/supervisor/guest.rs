@@ -24,6 +24,10 @@ use twinbox_agent::{Exec, Message, MAIN_ID, PORT};
 use crate::boxes::control::{self, ExecRequest, Reply};
 use crate::terminal;
 
+/// Longest wait for the rest of a message the guest started, or for its
+/// answer to a hello or an exec.
+const GUEST_REPLY: Duration = Duration::from_secs(10);
+
 /// The control connection to a VM's agent.
 pub struct Agent {
     uds: PathBuf,
@@ -42,24 +46,19 @@ pub fn connect(uds: &Path, limit: Duration, gone: impl Fn() -> bool) -> Result<A
     let mut pause = Duration::from_millis(10);
     loop {
         if let Ok(s) = connect_vm(uds, PORT) {
-            let fd = s.as_raw_fd();
-            let mut client = Client::hello(s).context("the guest agent's hello")?;
-            let main_pid = loop {
-                match client.recv().context("the guest agent")? {
-                    Message::Started { id: MAIN_ID, pid } => break pid,
-                    Message::Exited { id: MAIN_ID, code } => {
-                        bail!("the workload ended ({code}) before the agent answered")
-                    }
-                    _ => {}
+            // A connection made just after a restore can still be reset by
+            // the guest's handling of the device's transport reset: try
+            // again then, as when the guest did not listen yet.
+            match hello(s) {
+                Ok(agent) => {
+                    return Ok(Agent {
+                        uds: uds.to_path_buf(),
+                        ..agent
+                    })
                 }
-            };
-            return Ok(Agent {
-                uds: uds.to_path_buf(),
-                client,
-                fd,
-                main_pid,
-                next_id: 1,
-            });
+                Err(e) if t0.elapsed() > limit => return Err(e),
+                Err(_) => {}
+            }
         }
         if gone() {
             bail!("the VM stopped before its guest agent answered");
@@ -70,6 +69,32 @@ pub fn connect(uds: &Path, limit: Duration, gone: impl Fn() -> bool) -> Result<A
         std::thread::sleep(pause);
         pause = (pause * 2).min(Duration::from_millis(200));
     }
+}
+
+/// The hello and the main workload's `Started` on a fresh connection.
+fn hello(s: UnixStream) -> Result<Agent> {
+    let fd = s.as_raw_fd();
+    // The guest is not trusted to finish what it starts: a frame cut short
+    // must not hold the supervisor's loop (then the agent is dropped;
+    // SIGKILL still ends the VM).
+    s.set_read_timeout(Some(GUEST_REPLY))?;
+    let mut client = Client::hello(s).context("the guest agent's hello")?;
+    let main_pid = loop {
+        match client.recv().context("the guest agent")? {
+            Message::Started { id: MAIN_ID, pid } => break pid,
+            Message::Exited { id: MAIN_ID, code } => {
+                bail!("the workload ended ({code}) before the agent answered")
+            }
+            _ => {}
+        }
+    };
+    Ok(Agent {
+        uds: PathBuf::new(),
+        client,
+        fd,
+        main_pid,
+        next_id: 1,
+    })
 }
 
 impl Agent {
@@ -91,8 +116,10 @@ impl Agent {
     }
 
     /// Starts `x` in the guest, relaying `fds` (stdin, stdout, stderr);
-    /// answers `reply` with `Started`, then `Exit`, itself. Returns the
-    /// exec's handle for resizes.
+    /// answers `reply` with `Started`, then `Exit`, itself. Its terminal
+    /// gets `size`, or the size of the terminal `fds[1]` is. Returns the
+    /// exec's handle for resizes and signals.
+    #[allow(clippy::too_many_arguments)]
     pub fn exec(
         &mut self,
         x: &ExecRequest,
@@ -101,6 +128,7 @@ impl Agent {
         user: String,
         fds: Vec<OwnedFd>,
         reply: UnixStream,
+        size: Option<(u16, u16)>,
     ) -> std::result::Result<ExecHandle, Reply> {
         let err = |m: String| Reply::Error {
             message: m,
@@ -109,14 +137,22 @@ impl Agent {
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         let s = connect_vm(&self.uds, PORT).map_err(|e| err(format!("the guest agent: {e}")))?;
+        s.set_read_timeout(Some(GUEST_REPLY))
+            .map_err(|e| err(format!("the guest agent: {e}")))?;
+        let relay = s
+            .try_clone()
+            .map_err(|e| err(format!("the guest agent: {e}")))?;
         let mut c = Client::hello(s).map_err(|e| err(format!("the guest agent: {e}")))?;
         let mut fds = fds.into_iter();
         let stdin = fds.next();
         let stdout = fds.next();
         let stderr = fds.next();
-        let (rows, cols) = stdout
-            .as_ref()
-            .and_then(|f| terminal::winsize(f.as_raw_fd()))
+        let (rows, cols) = size
+            .or_else(|| {
+                stdout
+                    .as_ref()
+                    .and_then(|f| terminal::winsize(f.as_raw_fd()))
+            })
             .unwrap_or((0, 0));
         let req = Exec {
             id,
@@ -138,6 +174,9 @@ impl Agent {
             Err(e) => return Err(err(format!("the guest agent: {e}"))),
         };
         let _ = control::send(&reply, &Reply::Started { pid: pid as i32 }, &[]);
+        // From here a thread of its own waits on the guest, as long as the
+        // process runs.
+        let _ = relay.set_read_timeout(None);
         let sender = c
             .try_sender()
             .map_err(|e| err(format!("the guest agent: {e}")))?;
@@ -182,6 +221,16 @@ impl ExecHandle {
             .lock()
             .map_err(|_| anyhow::anyhow!("exec {}: a relay thread panicked", self.id))?;
         s.resize(self.id, rows, cols)?;
+        Ok(())
+    }
+
+    /// Sends it `sig`.
+    pub fn signal(&self, sig: i32) -> Result<()> {
+        let mut s = self
+            .sender
+            .lock()
+            .map_err(|_| anyhow::anyhow!("exec {}: a relay thread panicked", self.id))?;
+        s.signal(self.id, sig)?;
         Ok(())
     }
 }

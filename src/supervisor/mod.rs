@@ -98,6 +98,11 @@ enum Box_ {
         agent: Option<guest::Agent>,
         /// Running execs' handles, by the client that started them.
         execs: HashMap<u64, guest::ExecHandle>,
+        /// With `-i`/`-t`: the workload, run through the agent (init's
+        /// first process only holds the box), and where its replies come.
+        main: Option<(guest::ExecHandle, UnixStream)>,
+        /// Its exit code, once it ended: the box's.
+        main_code: Option<i32>,
     },
 }
 
@@ -296,6 +301,7 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
                 profile: None,
                 console: Some(std::sync::Arc::new(std::fs::File::from(wr))),
                 vsock: Some(uds.clone()),
+                hold: rec.options.tty || rec.options.interactive,
             };
             let mut wl = w.clone();
             wl.image_command = rec.image_command.clone();
@@ -317,28 +323,37 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
             let agent = match agent {
                 Ok(a) => a,
                 Err(e) => {
+                    // A workload that ended before the agent answered ran
+                    // and exited (`run -d busybox true`); anything else is
+                    // a start that failed.
                     let (code, why) = match rx.recv_timeout(std::time::Duration::from_secs(5)) {
-                        Ok(Ok(code)) => (code, format!("{e:#} (it exited with {code})")),
-                        Ok(Err(vm)) => (125, format!("{vm:#}")),
-                        Err(_) => (125, format!("{e:#}")),
+                        Ok(Ok(code)) => (code, None),
+                        Ok(Err(vm)) => (125, Some(format!("{vm:#}"))),
+                        Err(_) => (125, Some(format!("{e:#}"))),
                     };
                     // Whatever the console said is the box's log.
+                    let mut buf = [0u8; 4096];
                     for o in &outputs {
                         let _ = terminal::set_nonblocking(&o.fd);
-                        while let Ok(n) =
-                            terminal::read_some(o.fd.as_raw_fd(), &mut [0u8; 4096][..])
-                        {
+                        while let Ok(n) = terminal::read_some(o.fd.as_raw_fd(), &mut buf) {
                             if n == 0 {
                                 break;
                             }
+                            let _ = log.write(o.stream, &buf[..n]);
                         }
                     }
+                    let _ = log.flush_partial();
+                    let now_ = now();
                     rec.state.status = Status::Exited;
                     rec.state.exit_code = Some(code);
-                    rec.state.error = Some(why.clone());
-                    rec.state.finished_at = Some(now());
+                    rec.state.error = why.clone();
+                    rec.state.started_at.get_or_insert(now_.clone());
+                    rec.state.finished_at = Some(now_);
                     boxes.save(&rec)?;
-                    ready.say(&format!("err {code} {why}"));
+                    match why {
+                        Some(why) => ready.say(&format!("err {code} {why}")),
+                        None => ready.say("ok"),
+                    }
                     if rec.options.auto_remove {
                         boxes.remove(id)?;
                     }
@@ -347,11 +362,19 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
             };
             rec.state.pid = Some(std::process::id() as i32);
             rec.state.guest_pid = Some(agent.main_pid);
+            let mut agent = agent;
+            let main = if rec.options.tty || rec.options.interactive {
+                Some(start_main(&mut agent, &rec, attached, &mut outputs)?)
+            } else {
+                None
+            };
             Box_::Vm {
                 done: rx,
                 wake: wake_r,
                 agent: Some(agent),
                 execs: HashMap::new(),
+                main,
+                main_code: None,
             }
         }
     };
@@ -403,6 +426,15 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
             -1
         }));
         fds.push(pfd(agent_fd.unwrap_or(-1)));
+        let main_fd = match &the_box {
+            Box_::Vm {
+                main: Some((_, rx)),
+                main_code: None,
+                ..
+            } => rx.as_raw_fd(),
+            _ => -1,
+        };
+        fds.push(pfd(main_fd));
         let base = fds.len();
         for o in &outputs {
             fds.push(pfd(o.fd.as_raw_fd()));
@@ -457,6 +489,33 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
             if let Box_::Vm { agent, .. } = &mut the_box {
                 if agent.as_mut().is_some_and(|a| !a.drain()) {
                     *agent = None;
+                }
+            }
+        }
+        if ready_(4) {
+            if let Box_::Vm {
+                agent,
+                main: Some((_, rx)),
+                main_code,
+                ..
+            } = &mut the_box
+            {
+                let mut pending = Vec::new();
+                let code = match control::read_reply(rx, &mut pending) {
+                    Ok(Some(Reply::Started { .. })) => None,
+                    Ok(Some(Reply::Exit { code })) => Some(code),
+                    Ok(Some(Reply::Error { message, code })) => {
+                        sup.error = Some(message);
+                        Some(code)
+                    }
+                    _ => Some(125),
+                };
+                if let Some(code) = code {
+                    // The workload ended: so does the box (its holder).
+                    *main_code = Some(code);
+                    if let Some(a) = agent.as_mut() {
+                        let _ = a.signal(libc::SIGKILL);
+                    }
                 }
             }
         }
@@ -548,11 +607,14 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
                     }
                 }
                 Box_::Container { running: None, .. } => {}
-                Box_::Vm { done, .. } => {
+                Box_::Vm {
+                    done, main_code, ..
+                } => {
                     if let Ok(res) = done.try_recv() {
-                        sup.exit = Some(match res {
-                            Ok(c) => c,
-                            Err(e) => {
+                        sup.exit = Some(match (res, *main_code) {
+                            (_, Some(c)) => c,
+                            (Ok(c), None) => c,
+                            (Err(e), None) => {
                                 sup.error = Some(format!("{e:#}"));
                                 125
                             }
@@ -697,6 +759,59 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
     }
 }
 
+/// Starts a `-i`/`-t` VM box's workload through its agent: stdin the
+/// caller's (attached, `-i`), stdout and stderr pipes read like any box
+/// output (to the log and the caller), the terminal sized as the
+/// caller's. Returns its handle and where its replies come.
+fn start_main(
+    agent: &mut guest::Agent,
+    rec: &Record,
+    attached: bool,
+    outputs: &mut Vec<Output>,
+) -> Result<(guest::ExecHandle, UnixStream)> {
+    let w = &rec.workload;
+    let stdin = if rec.options.interactive && attached {
+        dup(0)?
+    } else {
+        dev_null()?
+    };
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    outputs.push(Output {
+        fd: out_r,
+        stream: Stream::Stdout,
+        forward: attached.then_some(1),
+    });
+    outputs.push(Output {
+        fd: err_r,
+        stream: Stream::Stderr,
+        forward: attached.then_some(2),
+    });
+    let (tx, rx) = UnixStream::pair()?;
+    let x = ExecRequest {
+        argv: w.argv.clone(),
+        env: Vec::new(),
+        cwd: None,
+        user: None,
+        tty: rec.options.tty,
+        interactive: rec.options.interactive,
+        detach: false,
+    };
+    let size = terminal::winsize(1);
+    let h = agent
+        .exec(
+            &x,
+            w.env.clone(),
+            w.cwd.clone(),
+            w.user.clone(),
+            vec![stdin, out_w, err_w],
+            tx,
+            size,
+        )
+        .map_err(|r| anyhow::anyhow!("starting the workload through the guest agent: {r:?}"))?;
+    Ok((h, rx))
+}
+
 fn is_dev_null(fd: RawFd) -> bool {
     let (Ok(a), Ok(b)) = (
         nix::sys::stat::fstat(unsafe_borrow(fd)),
@@ -763,6 +878,13 @@ fn kill_box(b: &mut Box_, sig: i32, sup: &mut Sup) -> Reply {
                 .get_or_insert_with(|| "killed (SIGKILL): the VM was destroyed".into());
             Reply::Ok
         }
+        // A -i/-t box's workload is an exec of the agent's.
+        Box_::Vm {
+            main: Some((h, _)), ..
+        } => match h.signal(sig) {
+            Ok(()) => Reply::Ok,
+            Err(e) => error(125, format!("{e:#}")),
+        },
         Box_::Vm { agent: Some(a), .. } => match a.signal(sig) {
             Ok(()) => Reply::Ok,
             Err(e) => error(125, format!("{e:#}")),
@@ -799,8 +921,9 @@ fn handle(
             }
         }
         Request::Resize { rows, cols } => {
-            if let Box_::Vm { execs, .. } = b {
-                let r = match execs.get(&cid).map(|h| h.resize(rows, cols)) {
+            if let Box_::Vm { execs, main, .. } = b {
+                let h = execs.get(&cid).or(main.as_ref().map(|(h, _)| h));
+                let r = match h.map(|h| h.resize(rows, cols)) {
                     Some(Ok(())) => Reply::Ok,
                     Some(Err(e)) => error(125, format!("{e:#}")),
                     None => error(125, "no terminal to resize".into()),
@@ -845,6 +968,19 @@ fn exec(
             format!("{MAX_EXECS} execs already run in this box"),
         ));
     }
+    if passed.len() != 3 {
+        return Err(error(
+            125,
+            "exec: stdin, stdout and stderr were not passed".into(),
+        ));
+    }
+    // The box's environment, the exec's on top; its cwd and user unless
+    // the exec names its own.
+    let w = &rec.workload;
+    let mut env = w.env.clone();
+    env.extend(x.env.iter().cloned());
+    let cwd = x.cwd.clone().unwrap_or_else(|| w.cwd.clone());
+    let user = x.user.clone().unwrap_or_else(|| w.user.clone());
     let running = match b {
         Box_::Container {
             running: Some(r), ..
@@ -856,41 +992,16 @@ fn exec(
             let Some(a) = agent.as_mut() else {
                 return Err(error(125, "the VM's guest agent is gone".into()));
             };
-            if passed.len() != 3 {
-                return Err(error(
-                    125,
-                    "exec: stdin, stdout and stderr were not passed".into(),
-                ));
-            }
-            let w = &rec.workload;
-            let mut env = w.env.clone();
-            env.extend(x.env.iter().cloned());
             let reply_to = sup
                 .clients
                 .get(&cid)
                 .and_then(|c| c.s.try_clone().ok())
                 .ok_or_else(|| error(125, "the caller is gone".into()))?;
-            let h = a.exec(
-                x,
-                env,
-                x.cwd.clone().unwrap_or_else(|| w.cwd.clone()),
-                x.user.clone().unwrap_or_else(|| w.user.clone()),
-                passed,
-                reply_to,
-            )?;
+            let h = a.exec(x, env, cwd, user, passed, reply_to, None)?;
             execs.insert(cid, h);
             return Ok(None);
         }
     };
-    if passed.len() != 3 && !x.detach {
-        return Err(error(
-            125,
-            "exec: stdin, stdout and stderr were not passed".into(),
-        ));
-    }
-    let w = &rec.workload;
-    let mut env = w.env.clone();
-    env.extend(x.env.iter().cloned());
     let null = dev_null().map_err(|e| error(125, e.to_string()))?;
     let fd = |i: usize| passed.get(i).map_or(null.as_raw_fd(), |f| f.as_raw_fd());
     let mut relay = None;
@@ -923,8 +1034,8 @@ fn exec(
     let cfg = twinbox_container::exec::ExecConfig {
         argv: x.argv.clone(),
         env,
-        cwd: x.cwd.clone().unwrap_or_else(|| w.cwd.clone()),
-        user: x.user.clone().unwrap_or_else(|| w.user.clone()),
+        cwd,
+        user,
         stdio,
     };
     let p = twinbox_container::exec::exec(running, &cfg)

@@ -288,6 +288,9 @@ fn run() -> Result<i32, String> {
     if pid < 0 {
         return Err(format!("fork: {}", std::io::Error::last_os_error()));
     }
+    if pid == 0 && spec.hold && spec.agent_port.is_some() {
+        hold();
+    }
     if pid == 0 {
         child(
             &argv,
@@ -313,6 +316,24 @@ fn run() -> Result<i32, String> {
         }
     }
     Ok(wait_for(pid))
+}
+
+/// The holder (`spec.hold`): the box's first process while the host runs
+/// the workload through the agent. It waits for a signal; any ends it
+/// (default dispositions), with 128 + N. Never returns.
+fn hold() -> ! {
+    // SAFETY: an empty mask and pause take no pointers but the local set.
+    unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGPIPE] {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+        loop {
+            libc::pause();
+        }
+    }
 }
 
 /// In the child: stdin, directory, identity, then exec. Never returns.

@@ -37,6 +37,12 @@ pub struct Spec {
     /// `agent.rs`); absent, init runs the workload and waits, as before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_port: Option<u32>,
+    /// With `agent_port`: the box's first process is a *holder* that only
+    /// waits, and the host starts the workload through the agent (a VM box
+    /// run with `-i` or `-t`, whose stdio the agent relays); the host ends
+    /// the box by signalling the holder (`Signal{0, N}`).
+    #[serde(default)]
+    pub hold: bool,
 }
 
 /// Where the spec is in the guest (the legacy flow).
@@ -183,6 +189,7 @@ mod tests {
             hostname: "box".into(),
             root: "/dev/pmem0".into(),
             agent_port: None,
+            hold: false,
         };
         let text = serde_json::to_vec(&s).unwrap_or_default();
         assert_eq!(Spec::parse(&text), Ok(s.clone()));
