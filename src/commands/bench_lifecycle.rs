@@ -153,8 +153,16 @@ impl Crun {
     }
     fn start(&self, bundle: &Path, id: &str) -> Result<i32> {
         let mut c = self.cmd();
-        c.args(["run", "-d", "--bundle"]).arg(bundle).arg(id);
-        out(c)?;
+        // The container keeps the descriptors it was given: not pipes.
+        c.args(["run", "-d", "--bundle"])
+            .arg(bundle)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if !c.status()?.success() {
+            bail!("crun run -d {id} failed");
+        }
         let mut s = self.cmd();
         s.args(["state", id]);
         let v: serde_json::Value = serde_json::from_str(&out(s)?)?;
@@ -197,7 +205,7 @@ fn docker(lab: &Lab) -> std::result::Result<&'static str, String> {
         return Err("the Docker daemon does not answer (start dockerd)".into());
     }
     const IMAGE: &str = "twinbox-bench-busybox:latest";
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("-C")
         .arg(&lab.rootfs)
         .args(["-c", "."])
@@ -206,10 +214,11 @@ fn docker(lab: &Lab) -> std::result::Result<&'static str, String> {
         .map_err(|e| e.to_string())?;
     let ok = Command::new("docker")
         .args(["import", "-", IMAGE])
-        .stdin(tar.stdout.ok_or("tar")?)
+        .stdin(tar.stdout.take().ok_or("tar")?)
         .stdout(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
+    let _ = tar.wait();
     if !ok {
         return Err("docker import of the busybox rootfs failed".into());
     }

@@ -36,6 +36,9 @@
 //! the host's `twinbox exec`, signals (`twinbox stop`) and the workload's
 //! exit, in the protocol of the `twinbox-agent` crate. A kernel without
 //! vsock gets one line on the console and the run goes on as without it.
+//! With `hold` too, the first process is a holder that only waits for a
+//! signal: the host runs the workload through the agent (a box with `-i`
+//! or `-t`) and ends the box by signalling the holder.
 
 mod agent;
 mod mailbox;
