@@ -23,6 +23,13 @@ pub fn fix_for_vcpu(cpuid: &mut CpuId, index: u32, count: u32) {
                 e.ebx = (e.ebx & 0x0000_ffff) | (index << 24) | ((count & 0xff) << 16);
                 // Running under a hypervisor.
                 e.ecx |= 1 << 31;
+                // The TSC-deadline timer: KVM's in-kernel LAPIC has emulated
+                // it since Linux 3.2 (KVM_CAP_TSC_DEADLINE_TIMER), but
+                // KVM_GET_SUPPORTED_CPUID leaves the bit to userspace.
+                // Without it the guest calibrates its LAPIC timer, which
+                // fails with no PIT under nested SVM and leaves it without
+                // a timer (its clock then stands still).
+                e.ecx |= 1 << 24;
                 // HTT: the package has more than one logical processor.
                 if count > 1 {
                     e.edx |= 1 << 28;
