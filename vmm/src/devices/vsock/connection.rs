@@ -345,7 +345,13 @@ impl Connection {
     pub fn on_guest(&mut self, hdr: &Header, payload: &[u8]) -> Verdict {
         self.credit_from(hdr);
         match (&self.state, hdr.op) {
-            (_, op::RST) => Verdict::Drop,
+            // What the guest sent before its RST is the stream's: Linux
+            // ends an orderly close with one, so what is still buffered
+            // goes to the host as far as its socket takes it now.
+            (_, op::RST) => {
+                let _ = self.flush();
+                Verdict::Drop
+            }
             (State::Connecting, op::RESPONSE) if self.owed & owed::REQUEST == 0 => {
                 self.state = State::Established;
                 self.deadline = None;
