@@ -118,7 +118,7 @@ fn line(s: &UnixStream) -> std::io::Result<Option<String>> {
 
 /// What the host does with the running guest: waits for its `up` on
 /// `up`, is refused on port 999, gets an echo of 200 KB on port 1234
-/// (after which the guest ends the VM).
+/// (after which, once the host has closed, the guest ends the VM).
 fn talk(up: &UnixListener, uds: &Path) -> TestResult {
     let (s, _) = up.accept()?;
     s.set_read_timeout(Some(Duration::from_secs(60)))?;

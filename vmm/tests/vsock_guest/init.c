@@ -3,7 +3,9 @@
  * snapshot is taken there), tells the host it is up by connecting to
  * host port 5000 and writing "up\n", then echoes one connection and ends
  * the VM with exit status 0 (port 0x501). The ports are written through
- * /dev/port (the guest kernel has no ioperm), on a devtmpfs at /dev. */
+ * /dev/port (the guest kernel has no ioperm), on a devtmpfs at /dev.
+ * The echo ends with a half-close, and the VM only once the host has
+ * closed too, so nothing written is lost to the VM's end. */
 struct sockaddr_vm {
     unsigned short family, reserved;
     unsigned int port, cid;
@@ -65,6 +67,14 @@ __attribute__((force_align_arg_pointer)) void _start(void)
         long n;
         while ((n = sys(0, k, (long)buf, sizeof buf)) > 0)
             sys(1, k, (long)buf, n);
+        /* Linux sends vsock packets from a workqueue: a write that has
+         * returned may not be in the virtqueue yet, and ending the VM now
+         * would lose it. Half-close instead (the SHUTDOWN is queued behind
+         * the data) and end only once the host, having read to the end,
+         * closes its side. */
+        sys(48, k, 1, 0);                   /* shutdown(SHUT_WR) */
+        while (sys(0, k, (long)buf, sizeof buf) > 0)
+            ;
         sys(3, k, 0, 0);
         outb(0, 0x501);                     /* exit status 0 */
     }
