@@ -3,14 +3,15 @@
 //! processes ([`Client::exec`]) and take their output and exits
 //! ([`Client::recv`], [`Client::wait`]); a [`Sender`] sends stdin,
 //! signals and resizes, from another thread if need be
-//! ([`Client::try_sender`] for a `UnixStream`).
+//! ([`Client::try_sender`] for a `UnixStream`); or make a fresh
+//! connection a guest TCP port's stream ([`forward`]).
 
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
-use crate::frame::{MAX_PAYLOAD, VERSION};
+use crate::frame::{self, Frame, HEADER_LEN, MAX_PAYLOAD, VERSION};
 use crate::message::{self, Exec, Message, MessageDecoder};
 
 /// Longest reply line to `CONNECT`.
@@ -80,6 +81,47 @@ pub fn connect_vm(uds: &Path, port: u32) -> Result<UnixStream, Error> {
     Err(Error::Connect {
         port,
         reply: String::from_utf8_lossy(&line).into_owned(),
+    })
+}
+
+/// Most messages `forward` reads before its answer (`Hello` and the main
+/// workload's `Started` come first).
+const MAX_BEFORE_FORWARDING: usize = 8;
+
+/// Makes `stream`, a fresh connection to the agent, a byte stream to the
+/// guest's TCP `port` on 127.0.0.1: greets the agent, asks for `Forward`
+/// and waits for `Forwarding`. Frames are read exactly, header then
+/// payload, so nothing of the port's own bytes is read here. The caller
+/// bounds the wait (a read timeout on the stream).
+pub fn forward<S: Read + Write>(mut stream: S, port: u16) -> Result<S, Error> {
+    let mut out = Message::Hello {
+        version: u32::from(VERSION),
+    }
+    .encode()?;
+    Message::Forward { port }.encode_into(&mut out)?;
+    stream.write_all(&out)?;
+    for _ in 0..MAX_BEFORE_FORWARDING {
+        let mut h = [0u8; HEADER_LEN];
+        read_exact(&mut stream, &mut h)?;
+        let (kind, id, len) = frame::parse_header(&h).map_err(message::Error::from)?;
+        let mut payload = vec![0u8; len];
+        read_exact(&mut stream, &mut payload)?;
+        match Message::decode(&Frame { kind, id, payload })? {
+            Message::Forwarding => return Ok(stream),
+            Message::Hello { version } if version == u32::from(VERSION) => {}
+            Message::Hello { version } => return Err(Error::Version { got: version }),
+            Message::Started { id: 0, .. } => {}
+            Message::Failed { id, message } => return Err(Error::Refused { id, message }),
+            m => return Err(Error::Unexpected(Box::new(m))),
+        }
+    }
+    Err(Error::Closed)
+}
+
+fn read_exact<S: Read>(s: &mut S, buf: &mut [u8]) -> Result<(), Error> {
+    s.read_exact(buf).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => Error::Closed,
+        _ => Error::Io(e),
     })
 }
 
@@ -281,6 +323,61 @@ mod tests {
         let _ = std::fs::remove_dir_all(&d);
         let _ = std::fs::create_dir_all(&d);
         d
+    }
+
+    #[test]
+    fn forward_reads_no_byte_past_forwarding() -> Result<(), Box<dyn std::error::Error>> {
+        let (host, mut guest) = UnixStream::pair()?;
+        let t = std::thread::spawn(move || -> Result<(), Error> {
+            let mut d = MessageDecoder::new();
+            let mut buf = [0u8; 256];
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                let n = guest.read(&mut buf)?;
+                d.feed(&buf[..n]);
+                while let Some(m) = d.next_message()? {
+                    got.push(m);
+                }
+            }
+            assert_eq!(got[1], Message::Forward { port: 8080 });
+            let mut out = Message::Hello { version: 1 }.encode()?;
+            Message::Started { id: 0, pid: 1 }.encode_into(&mut out)?;
+            Message::Forwarding.encode_into(&mut out)?;
+            out.extend_from_slice(b"HTTP/1.0 200 OK\r\n");
+            guest.write_all(&out)?;
+            Ok(())
+        });
+        let mut s = forward(host, 8080)?;
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)?;
+        assert_eq!(rest, b"HTTP/1.0 200 OK\r\n");
+        t.join().map_err(|_| "guest thread")??;
+
+        // Nobody listens: the agent's refusal is the error.
+        let (host, mut guest) = UnixStream::pair()?;
+        let mut out = Message::Hello { version: 1 }.encode()?;
+        Message::Failed {
+            id: 0,
+            message: "connection refused".into(),
+        }
+        .encode_into(&mut out)?;
+        guest.write_all(&out)?;
+        match forward(host, 1) {
+            Err(Error::Refused { message, .. }) => assert_eq!(message, "connection refused"),
+            other => panic!("{other:?}"),
+        }
+        // A peer that sends garbage or only chatter is an error, not a hang.
+        let (host, mut guest) = UnixStream::pair()?;
+        guest.write_all(&[0xff; 64])?;
+        assert!(matches!(forward(host, 1), Err(Error::Protocol(_))));
+        let (host, mut guest) = UnixStream::pair()?;
+        let mut out = Vec::new();
+        for _ in 0..20 {
+            Message::Started { id: 0, pid: 1 }.encode_into(&mut out)?;
+        }
+        guest.write_all(&out)?;
+        assert!(matches!(forward(host, 1), Err(Error::Closed)));
+        Ok(())
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub enum Kind {
     Exited = 10,
     /// A request was refused, or the connection is closing.
     Failed = 11,
+    /// Connect this connection to a TCP port in the guest.
+    Forward = 12,
+    /// The connection is now that port's byte stream.
+    Forwarding = 13,
 }
 
 impl Kind {
@@ -84,6 +88,8 @@ impl Kind {
             9 => Kind::Resize,
             10 => Kind::Exited,
             11 => Kind::Failed,
+            12 => Kind::Forward,
+            13 => Kind::Forwarding,
             _ => return None,
         })
     }

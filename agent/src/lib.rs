@@ -45,6 +45,8 @@
 //! | 9 | `Resize` | host to guest | rows u16, cols u16 |
 //! | 10 | `Exited` | guest to host | code i32: the exit status, 128 + N for death by signal N, 127 not found, 126 not executable, 125 not set up (directory, identity) |
 //! | 11 | `Failed` | guest to host | UTF-8 message: the request for this id was refused (no process runs), or, with id 0 after a protocol error, the connection is about to close |
+//! | 12 | `Forward` | host to guest | port u16, 1 to 65535 |
+//! | 13 | `Forwarding` | guest to host | empty |
 //!
 //! A connection opens with `Hello` from each side, each carrying
 //! [`VERSION`]; a peer with another version is refused with an error
@@ -55,10 +57,18 @@
 //! pid}`, it takes `Signal{0, N}` (how `twinbox stop` sends SIGTERM), and
 //! every connection gets `Exited{0, code}` when it ends, just before the
 //! guest powers off.
+//!
+//! A published port (`-p`) takes one connection per host connection: after
+//! `Hello` the host sends `Forward{port}` and nothing more until the agent
+//! answers. The agent connects to `127.0.0.1:port` in the guest and says
+//! `Forwarding`, after which the connection is that TCP stream, unframed,
+//! both ways, half-closes included ([`relay`]); or it says `Failed` (nobody
+//! listens there) and closes. [`client::forward`] is the host's side.
 
 pub mod client;
 pub mod frame;
 pub mod message;
+pub mod relay;
 
 pub use frame::{Decoder, Frame, Kind, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
 pub use message::{Exec, Message};

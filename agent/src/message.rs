@@ -63,6 +63,9 @@ pub enum Error {
     /// A signal number out of range.
     #[error("signal {0} is not 1 to {MAX_SIGNAL}")]
     Signal(u32),
+    /// A `Forward` to port 0.
+    #[error("Forward to port 0")]
+    Port,
     /// The message does not fit in one frame.
     #[error("{kind:?} message of {len} bytes is over the frame limit of {MAX_PAYLOAD}")]
     TooBig {
@@ -179,6 +182,16 @@ pub enum Message {
         /// Why.
         message: String,
     },
+    /// Make this connection a byte stream to the guest's TCP `port` on
+    /// 127.0.0.1 (a published port). Sent after `Hello`, and nothing after
+    /// it until the answer.
+    Forward {
+        /// The port, 1 to 65535.
+        port: u16,
+    },
+    /// The guest is connected to the port: from the end of this frame on,
+    /// the connection carries that TCP stream's bytes, both ways, unframed.
+    Forwarding,
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -208,13 +221,15 @@ impl Message {
             Message::Resize { .. } => Kind::Resize,
             Message::Exited { .. } => Kind::Exited,
             Message::Failed { .. } => Kind::Failed,
+            Message::Forward { .. } => Kind::Forward,
+            Message::Forwarding => Kind::Forwarding,
         }
     }
 
     /// The id the message is about.
     pub fn id(&self) -> u32 {
         match self {
-            Message::Hello { .. } => 0,
+            Message::Hello { .. } | Message::Forward { .. } | Message::Forwarding => 0,
             Message::Exec(e) => e.id,
             Message::Started { id, .. }
             | Message::Stdin { id, .. }
@@ -258,6 +273,8 @@ impl Message {
             }
             Message::Exited { code, .. } => code.to_le_bytes().to_vec(),
             Message::Failed { message, .. } => message.as_bytes().to_vec(),
+            Message::Forward { port } => port.to_le_bytes().to_vec(),
+            Message::Forwarding => Vec::new(),
         }
     }
 
@@ -273,7 +290,10 @@ impl Message {
                 len: payload.len(),
             });
         }
-        if matches!(self, Message::Exec(_) | Message::Signal { .. }) {
+        if matches!(
+            self,
+            Message::Exec(_) | Message::Signal { .. } | Message::Forward { .. }
+        ) {
             // Refuse what the other side would refuse (NUL bytes, limits).
             Message::decode(&Frame {
                 kind: self.kind(),
@@ -331,6 +351,11 @@ impl Message {
                 })?;
                 Message::Failed { id, message }
             }
+            Kind::Forward => match r.u16()? {
+                0 => return Err(Error::Port),
+                port => Message::Forward { port },
+            },
+            Kind::Forwarding => Message::Forwarding,
         };
         r.end()?;
         Ok(m)
@@ -519,6 +544,9 @@ mod tests {
                 id: 5,
                 message: "no such user \"ghost\"".into(),
             },
+            Message::Forward { port: 1 },
+            Message::Forward { port: 65535 },
+            Message::Forwarding,
         ]
     }
 
@@ -659,6 +687,23 @@ mod tests {
         assert_eq!(
             decode_one(&frame(Kind::Signal, 1, &65u32.to_le_bytes())),
             Err(Error::Signal(65))
+        );
+        assert_eq!(
+            decode_one(&frame(Kind::Forward, 0, &0u16.to_le_bytes())),
+            Err(Error::Port)
+        );
+        assert_eq!(
+            decode_one(&frame(Kind::Forward, 0, &[80])),
+            Err(Error::Truncated {
+                kind: Kind::Forward
+            })
+        );
+        assert_eq!(
+            decode_one(&frame(Kind::Forwarding, 0, b"x")),
+            Err(Error::Trailing {
+                kind: Kind::Forwarding,
+                extra: 1
+            })
         );
         assert_eq!(
             decode_one(&frame(Kind::Failed, 1, b"\xff")),

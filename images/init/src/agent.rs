@@ -29,6 +29,10 @@
 //! open), not counting time its connection was full. A connection that sends what is not the protocol gets
 //! `Failed{0, why}` and is closed; a closed connection's processes are
 //! killed (their process group, SIGKILL) unless started detached.
+//!
+//! A connection that asks for `Forward{port}` (a published port) leaves
+//! the loop: [`crate::forward`] makes it that guest TCP port's stream on a
+//! thread of its own, and it counts against neither bound above.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -566,6 +570,7 @@ impl Agent {
                 }
             }
             Message::Signal { id, signo } => self.signal(k, id, signo as libc::c_int),
+            Message::Forward { port } => self.forward(k, port),
             Message::Resize { id, rows, cols } => {
                 if let Some(p) = self.find(k, id) {
                     if let (true, Some(fd)) = (p.tty, &p.stdout) {
@@ -574,6 +579,39 @@ impl Agent {
                 }
             }
             other => self.refuse(k, &format!("{:?} is not for the agent", other.kind())),
+        }
+    }
+
+    /// Hands connection `k` over to a forwarding thread
+    /// ([`crate::forward`]): it leaves the poll loop for good. Only a
+    /// connection with nothing else going on can be one.
+    fn forward(&mut self, k: u64, port: u16) {
+        let busy = self.procs.iter().any(|p| p.conn == Some(k));
+        let Some(c) = self.conns.get(&k) else {
+            return;
+        };
+        if busy || c.decoder.pending() != 0 {
+            self.refuse(k, "Forward on a connection with processes or more to read");
+            return;
+        }
+        let Some(c) = self.conns.remove(&k) else {
+            return;
+        };
+        let queued: Vec<u8> = c.out.into_iter().collect();
+        if let Err((fd, why)) = crate::forward::start(c.fd, queued, port) {
+            // Back in the table, only to be told why and closed.
+            self.conns.insert(
+                k,
+                Conn {
+                    fd,
+                    decoder: MessageDecoder::new(),
+                    out: VecDeque::new(),
+                    greeted: true,
+                    accepted: Instant::now(),
+                    dead: false,
+                },
+            );
+            self.refuse(k, &why);
         }
     }
 
@@ -1393,6 +1431,66 @@ mod tests {
             "stray not reaped"
         );
         assert_eq!(b.stop()?, (143, 143));
+        Ok(())
+    }
+
+    #[test]
+    fn forwarded_connections_reach_a_guest_port_beyond_the_connection_bound() -> Result {
+        use std::io::{Read, Write};
+        let b = TestBox::start()?;
+        // An echo server standing in for the box's own: each connection
+        // gets back what it sent, after its half-close.
+        let server = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = server.local_addr()?.port();
+        std::thread::spawn(move || {
+            for s in server.incoming() {
+                let Ok(mut s) = s else { return };
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    if s.read_to_end(&mut got).is_ok() {
+                        let _ = s.write_all(&got);
+                    }
+                });
+            }
+        });
+        // More at once than the agent takes framed connections.
+        let mut open = Vec::new();
+        for i in 0..MAX_CONNECTIONS + 8 {
+            let mut s = twinbox_agent::client::forward(b.raw()?, port)?;
+            s.write_all(format!("hello {i}").as_bytes())?;
+            open.push(s);
+        }
+        for (i, s) in open.iter_mut().enumerate() {
+            s.shutdown(std::net::Shutdown::Write)?;
+            let mut back = String::new();
+            s.read_to_string(&mut back)?;
+            assert_eq!(back, format!("hello {i}"));
+        }
+        drop(open);
+        // A port nobody listens on is refused, and the agent serves on.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let dead = closed.local_addr()?.port();
+        drop(closed);
+        match twinbox_agent::client::forward(b.raw()?, dead) {
+            Err(twinbox_agent::client::Error::Refused { message, .. }) => {
+                assert!(message.contains("refused"), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut c = b.client()?;
+        let (out, _, code) = run(&mut c, &exec(1, &["echo", "still here"]))?;
+        assert_eq!((out.as_slice(), code), (&b"still here\n"[..], 0));
+        // Forward is not for a connection that runs processes.
+        let mut c = b.client()?;
+        c.exec(&exec(2, &["sleep", "5"]))?;
+        c.sender().send(&Message::Forward { port })?;
+        loop {
+            match c.recv()? {
+                Message::Failed { id: 0, .. } => break,
+                Message::Started { .. } => {}
+                m => return Err(format!("expected Failed, got {m:?}").into()),
+            }
+        }
         Ok(())
     }
 

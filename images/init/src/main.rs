@@ -41,6 +41,7 @@
 //! or `-t`) and ends the box by signalling the holder.
 
 mod agent;
+mod forward;
 mod mailbox;
 mod port;
 mod spawn;
@@ -251,6 +252,7 @@ fn run() -> Result<i32, String> {
     );
     mount("tmpfs", "/dev/shm", "tmpfs", nodev, "mode=1777");
     raw_newlines();
+    loopback_up();
     preload(&preloads);
 
     // Nothing of the run is in the guest before this point.
@@ -319,6 +321,30 @@ fn run() -> Result<i32, String> {
         }
     }
     Ok(wait_for(pid))
+}
+
+/// Brings up `lo`: a guest has no other interface, and a published port
+/// reaches the box's servers on 127.0.0.1. A kernel without networking
+/// leaves it down (nothing else needs it).
+fn loopback_up() {
+    // SAFETY: a datagram socket for the ioctls, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return;
+    }
+    // SAFETY: an all-zero ifreq is valid; its name is "lo".
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (d, s) in req.ifr_name.iter_mut().zip(b"lo") {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS and SIOCSIFFLAGS read and write the ifreq we own.
+    unsafe {
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req) == 0 {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
+        }
+        libc::close(fd);
+    }
 }
 
 /// The holder (`spec.hold`): the box's first process while the host runs
