@@ -97,6 +97,15 @@ pub enum Command {
         #[arg(required = true)]
         boxes: Vec<String>,
     },
+    /// List a box's published ports, or the host address of one of them.
+    Port {
+        /// The box.
+        #[arg(value_name = "BOX")]
+        name: String,
+        /// One box port: BOX_PORT[/tcp].
+        #[arg(value_name = "PRIVATE_PORT[/PROTO]")]
+        port: Option<String>,
+    },
     /// A box's supervisor (started by run -d and start).
     #[command(hide = true)]
     Supervise {
@@ -595,6 +604,11 @@ pub struct RunArgs {
     /// Log options: `max-size=SIZE` caps the box's log (default 10m).
     #[arg(long, value_name = "KEY=VALUE")]
     pub log_opt: Vec<String>,
+    /// Publish a box port on the host: [IP:][HOST_PORT:]BOX_PORT[/tcp].
+    /// The host address is 127.0.0.1 unless given (Docker's is 0.0.0.0:
+    /// ask for it with 0.0.0.0:...); no HOST_PORT is any free one.
+    #[arg(short, long = "publish", value_name = "PORT")]
+    pub publish: Vec<String>,
     /// The image.
     pub image: String,
     /// The command and its arguments (default: the image's).

@@ -69,6 +69,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Rm { force, boxes } => commands::boxes::rm(&open_store()?, force, &boxes),
         Command::Wait { boxes } => commands::boxes::wait(&open_store()?, &boxes),
         Command::Inspect { boxes } => commands::boxes::inspect(&open_store()?, &boxes),
+        Command::Port { name, port } => {
+            commands::boxes::port(&open_store()?, &name, port.as_deref())
+        }
         Command::Supervise { id, ready_fd } => {
             supervisor::run(&Store::default_home(), &id, ready_fd)
         }

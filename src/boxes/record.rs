@@ -38,6 +38,9 @@ pub struct Options {
     pub cold: bool,
     /// Most bytes of log kept (both files).
     pub log_max: u64,
+    /// Ports to publish (`-p`).
+    #[serde(default)]
+    pub publish: Vec<super::ports::PortSpec>,
 }
 
 /// The box's state, as its supervisor last wrote it.
@@ -69,6 +72,9 @@ pub struct State {
     /// A VM's workload's pid inside the guest, as its agent reports it.
     #[serde(default)]
     pub guest_pid: Option<u32>,
+    /// Its published ports, as bound, while it runs.
+    #[serde(default)]
+    pub ports: Vec<super::ports::Binding>,
 }
 
 impl State {
@@ -86,6 +92,7 @@ impl State {
             oom_killed: false,
             cgroups: Vec::new(),
             guest_pid: None,
+            ports: Vec::new(),
         }
     }
 }

@@ -15,6 +15,7 @@ use twinbox_images::Store;
 use crate::boxes::control::{self, ExecRequest, Reply, Request};
 use crate::boxes::id;
 use crate::boxes::log;
+use crate::boxes::ports::{self, PortSpec};
 use crate::boxes::record::{now, Options, Record, State, Status};
 use crate::boxes::store::Boxes;
 use crate::cli::{ExecArgs, Isolation, LogsArgs, PsArgs, RunArgs};
@@ -38,7 +39,9 @@ fn log_max(opts: &[String]) -> Result<u64> {
 }
 
 /// Makes a box's record from `run`/`create` arguments.
-pub fn create(store: &Store, args: &RunArgs) -> Result<Record> {
+/// `run` is whether it runs at once in the foreground (`run` without
+/// `-d`), not a `create`.
+pub fn create(store: &Store, args: &RunArgs, run: bool) -> Result<Record> {
     if args.profile.is_some() || args.dry_run || args.debug {
         bail!("--profile, --dry-run and --debug are for a foreground `twinbox run` without -d, --name or -t");
     }
@@ -54,13 +57,18 @@ pub fn create(store: &Store, args: &RunArgs) -> Result<Record> {
         options: Options {
             interactive: args.interactive,
             tty: args.tty,
-            // A VM run with -i or -t but no -d or name is Docker's
-            // `run --rm`, as a plain `twinbox run` is.
+            // A foreground run that lives only for its -i (VM) or its
+            // ports, unnamed, is Docker's `run --rm`, as a plain `twinbox
+            // run` is. A `create` is kept, as Docker keeps it.
             auto_remove: args.rm
-                || (args.isolation == Isolation::Vm && !args.detach && args.name.is_none()),
+                || (run
+                    && !args.detach
+                    && args.name.is_none()
+                    && (args.isolation == Isolation::Vm || !args.publish.is_empty())),
             userns: args.userns,
             cold: args.cold,
             log_max: log_max(&args.log_opt)?,
+            publish: PortSpec::parse_all(&args.publish)?,
         },
         state: State::created(),
     };
@@ -70,7 +78,7 @@ pub fn create(store: &Store, args: &RunArgs) -> Result<Record> {
 
 /// `twinbox create`: prints the new box's id.
 pub fn create_cmd(store: &Store, args: &RunArgs) -> Result<u8> {
-    let rec = create(store, args)?;
+    let rec = create(store, args, false)?;
     println!("{}", rec.id);
     Ok(0)
 }
@@ -92,7 +100,7 @@ fn start_box(store: &Store, rec: &Record, attached: bool) -> Result<std::result:
 
 /// `twinbox run` with `-d`, `--name` or `-t`: a box that lives.
 pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
-    let rec = create(store, args)?;
+    let rec = create(store, args, true)?;
     if args.detach {
         return match start_box(store, &rec, false)? {
             Ok(_) => {
@@ -215,6 +223,49 @@ pub fn start(store: &Store, names: &[String]) -> Result<u8> {
 }
 
 /// `twinbox ps`
+/// The PORTS column: a running box's published ports.
+fn ports_of(r: &Record) -> String {
+    if r.state.status == Status::Running {
+        ports::ps_column(&r.state.ports)
+    } else {
+        String::new()
+    }
+}
+
+/// `twinbox port BOX [PORT[/PROTO]]`: Docker's lines, `80/tcp ->
+/// 127.0.0.1:8080`, or for one port only its host address.
+pub fn port(store: &Store, name: &str, which: Option<&str>) -> Result<u8> {
+    let r = boxes(store)?.resolve(name)?;
+    if r.state.status != Status::Running {
+        bail!("box {} is not running", r.name);
+    }
+    let mut out = std::io::stdout().lock();
+    let Some(which) = which else {
+        for b in &r.state.ports {
+            writeln!(out, "{}", b.port_line())?;
+        }
+        return Ok(0);
+    };
+    let (num, proto) = which.split_once('/').unwrap_or((which, "tcp"));
+    let num: u16 = num
+        .parse()
+        .with_context(|| format!("{which:?} is not a port"))?;
+    let found: Vec<_> = r
+        .state
+        .ports
+        .iter()
+        .filter(|b| b.box_port == num && b.proto.to_string() == proto.to_ascii_lowercase())
+        .collect();
+    if found.is_empty() {
+        bail!("no public port '{num}/{proto}' published for {}", r.name);
+    }
+    for b in found {
+        let line = b.port_line();
+        writeln!(out, "{}", line.split(" -> ").nth(1).unwrap_or(&line))?;
+    }
+    Ok(0)
+}
+
 pub fn ps(store: &Store, args: &PsArgs) -> Result<u8> {
     let all = boxes(store)?.list()?;
     let shown: Vec<&Record> = all
@@ -237,7 +288,7 @@ pub fn ps(store: &Store, args: &PsArgs) -> Result<u8> {
                     "Isolation": r.isolation(), "Command": r.command(),
                     "CreatedAt": r.created, "State": r.state.status,
                     "Status": r.status_text(), "ExitCode": r.state.exit_code,
-                    "Ports": "",
+                    "Ports": ports_of(r),
                 });
                 writeln!(out, "{v}")?;
             }
@@ -246,7 +297,7 @@ pub fn ps(store: &Store, args: &PsArgs) -> Result<u8> {
         Some(f) => bail!("--format {f:?}: only json is known"),
         None => {}
     }
-    let rows: Vec<[String; 7]> = shown
+    let rows: Vec<[String; 8]> = shown
         .iter()
         .map(|r| {
             [
@@ -257,6 +308,7 @@ pub fn ps(store: &Store, args: &PsArgs) -> Result<u8> {
                 r.command(),
                 r.created_ago(),
                 r.status_text(),
+                ports_of(r),
             ]
         })
         .collect();
@@ -268,6 +320,7 @@ pub fn ps(store: &Store, args: &PsArgs) -> Result<u8> {
         "COMMAND",
         "CREATED",
         "STATUS",
+        "PORTS",
     ];
     let mut width: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
     for r in &rows {

@@ -12,10 +12,11 @@ use crate::workload;
 
 /// Runs `twinbox run`; returns the workload's exit code.
 pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
-    // A box that lives: detached, named, or with a terminal; and a VM
-    // with stdin, which only its guest agent can pass.
+    // A box that lives: detached, named, or with a terminal; a VM with
+    // stdin, which only its guest agent can pass; a box with published
+    // ports, which its supervisor serves.
     let vm_stdin = args.interactive && args.isolation == Isolation::Vm;
-    if args.detach || args.name.is_some() || args.tty || vm_stdin {
+    if args.detach || args.name.is_some() || args.tty || vm_stdin || !args.publish.is_empty() {
         return crate::commands::boxes::run(store, args);
     }
     let w = workload::resolve(store, args)?;

@@ -40,6 +40,7 @@ use crate::cli::Isolation;
 use crate::terminal;
 
 pub mod guest;
+pub mod ports;
 
 /// How long the box's output is drained after its first process ended.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
@@ -188,6 +189,21 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
     let listener = listener.with_context(|| format!("binding {}", sock.display()))?;
     listener.set_nonblocking(true)?;
 
+    // Published ports are bound before anything runs: one taken is the
+    // start's error.
+    let listeners = match ports::bind(&rec.options.publish) {
+        Ok(l) => l,
+        Err(e) => {
+            failed_start(&boxes, &mut rec, ready, 125, &e.to_string())?;
+            drop(listener);
+            let _ = std::fs::remove_file(&sock);
+            return Ok(125);
+        }
+    };
+    // The VM's vsock socket, by a short path (sockaddr_un holds 108
+    // bytes; the box's directory may be deep).
+    let uds = std::path::PathBuf::from(format!("/proc/self/fd/{}/vsock.sock", dirfd.as_raw_fd()));
+
     // Spawned for a foreground run, it keeps the caller's stdio.
     let attached = !is_dev_null(1);
     let mut outputs: Vec<Output> = Vec::new();
@@ -251,17 +267,9 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
                 Ok(r) => r,
                 Err(e) => {
                     let code = e.exit_code();
-                    rec.state.status = Status::Exited;
-                    rec.state.exit_code = Some(code);
-                    rec.state.error = Some(e.to_string());
-                    rec.state.finished_at = Some(now());
-                    boxes.save(&rec)?;
-                    ready.say(&format!("err {code} {e}"));
+                    failed_start(&boxes, &mut rec, ready, code, &e.to_string())?;
                     drop(listener);
                     let _ = std::fs::remove_file(&sock);
-                    if rec.options.auto_remove {
-                        boxes.remove(id)?;
-                    }
                     return Ok(code as u8);
                 }
             };
@@ -291,10 +299,6 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
             });
             let (wake_r, wake_w) = pipe()?;
             let (tx, rx) = std::sync::mpsc::channel();
-            // The VM's vsock socket, by a short path (sockaddr_un holds
-            // 108 bytes; the box's directory may be deep).
-            let uds =
-                std::path::PathBuf::from(format!("/proc/self/fd/{}/vsock.sock", dirfd.as_raw_fd()));
             let backend = VmBackend {
                 debug: false,
                 cold: rec.options.cold,
@@ -388,6 +392,24 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
     if let Some(t) = &main_tty {
         terminal::set_nonblocking(&t.master)?;
     }
+    // The ports are served once the box runs.
+    let target = match &the_box {
+        Box_::Container { running, .. } => match running {
+            Some(r) => {
+                let ns = std::fs::File::open(format!("/proc/{}/ns/net", r.pid()))
+                    .context("opening the box's network namespace")?;
+                ports::Target::Netns(std::sync::Arc::new(ns.into()))
+            }
+            None => anyhow::bail!("the box is gone before it started"),
+        },
+        Box_::Vm { .. } => ports::Target::Vm(uds.clone()),
+    };
+    rec.state.ports = listeners.bindings();
+    let _port_server = if listeners.is_empty() {
+        None
+    } else {
+        Some(ports::serve(listeners, target)?)
+    };
     let me = std::process::id() as i32;
     rec.state.status = Status::Running;
     rec.state.supervisor = Some(me);
@@ -1101,6 +1123,7 @@ fn finish(
     rec.state.finished_at = Some(now());
     rec.state.supervisor = None;
     rec.state.supervisor_start = None;
+    rec.state.ports.clear();
     boxes.save(&rec)?;
     for c in sup.clients.values() {
         if c.waiting {
@@ -1112,6 +1135,27 @@ fn finish(
     }
     // A VM's vCPU threads may still run: end the process here.
     std::process::exit(code & 0xff)
+}
+
+/// Records a box that could not start (exited with `code`, `why` its
+/// error), tells the spawner, and removes it if it was to be removed.
+fn failed_start(
+    boxes: &Boxes,
+    rec: &mut Record,
+    ready: &mut Ready,
+    code: i32,
+    why: &str,
+) -> Result<()> {
+    rec.state.status = Status::Exited;
+    rec.state.exit_code = Some(code);
+    rec.state.error = Some(why.to_string());
+    rec.state.finished_at = Some(now());
+    boxes.save(rec)?;
+    ready.say(&format!("err {code} {why}"));
+    if rec.options.auto_remove {
+        boxes.remove(&rec.id)?;
+    }
+    Ok(())
 }
 
 fn sup_error(rec: &mut Record, e: &str) {
