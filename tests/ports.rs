@@ -15,7 +15,7 @@ use std::net::{Shutdown, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{code, host_mounts_of, processes_with, stderr, stdout, Env};
+use common::{code, host_mounts_of, http_get as get, processes_with, stderr, stdout, Env};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -42,23 +42,6 @@ const SERVE: &str = "mkdir /tmp/w && echo hello > /tmp/w/index.html \
     && dd if=/dev/zero of=/tmp/w/mib bs=1024 count=1024 2>/dev/null \
     && dd if=/dev/zero of=/tmp/w/big bs=1048576 count=64 2>/dev/null \
     && exec httpd -f -p 8000 -h /tmp/w";
-
-/// An HTTP/1.0 GET of `path` on `port`: the status line and body length.
-fn get(port: u16, path: &str) -> std::io::Result<(String, usize)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())?;
-    let mut all = Vec::new();
-    s.read_to_end(&mut all)?;
-    let text = String::from_utf8_lossy(&all);
-    let status = text.lines().next().unwrap_or("").to_string();
-    let body = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| all.len() - i - 4)
-        .unwrap_or(0);
-    Ok((status, body))
-}
 
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::pty::Pty;
-use common::{code, stderr, stdout, Env};
+use common::{code, http_get, stderr, stdout, Env};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -457,10 +457,16 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
             "-d",
             "--name",
             "vmweb",
+            "-p",
+            "8000",
+            "-p",
+            "127.0.0.1::9",
             "busybox",
             "sh",
             "-c",
-            "echo up; exec sleep 1000",
+            "echo up; mkdir /tmp/w && echo hello > /tmp/w/index.html \
+             && dd if=/dev/zero of=/tmp/w/mib bs=1024 count=1024 2>/dev/null \
+             && exec httpd -f -p 8000 -h /tmp/w",
         ],
     )?;
     assert_eq!(id.len(), 64, "{id}");
@@ -470,6 +476,67 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
     let ps = tb_ok(env, k, &["ps"])?;
     let line = ps.lines().find(|l| l.contains("vmweb")).ok_or("ps")?;
     assert!(line.contains(" vm ") && line.contains("Up "), "{line}");
+
+    // Published ports: the guest's httpd, from the host, over vsock.
+    let port_of = |which: &str| -> Result<u16, Box<dyn std::error::Error>> {
+        let line = tb_ok(env, k, &["port", "vmweb", which])?;
+        let (ip, port) = line.rsplit_once(':').ok_or("no port")?;
+        assert_eq!(ip, "127.0.0.1", "{line}");
+        Ok(port.parse()?)
+    };
+    let (port, dead) = (port_of("8000")?, port_of("9")?);
+    assert!(
+        line.contains(&format!("127.0.0.1:{port}->8000/tcp")),
+        "{line}"
+    );
+    let t0 = std::time::Instant::now();
+    while !http_get(port, "/index.html").is_ok_and(|(s, _)| s.contains("200")) {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "the guest's httpd never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_eq!(http_get(port, "/mib")?.1, 1 << 20);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || -> std::io::Result<usize> {
+                let mut n = 0;
+                for _ in 0..3 {
+                    let (s, len) = http_get(port, "/mib")?;
+                    n += usize::from(s.contains("200") && len == 1 << 20);
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for c in clients {
+        served += c.join().map_err(|_| "client panicked")??;
+    }
+    assert_eq!(served, 24, "concurrent downloads from the guest");
+    let sup = box_state(env, k, "vmweb")?["supervisor"]
+        .as_i64()
+        .ok_or("supervisor")?;
+    let count =
+        |what: &str| std::fs::read_dir(format!("/proc/{sup}/{what}")).map_or(0, |d| d.count());
+    let (fd0, th0) = (count("fd"), count("task"));
+    for _ in 0..50 {
+        assert!(http_get(port, "/index.html")?.0.contains("200"));
+    }
+    let t0 = std::time::Instant::now();
+    while count("fd") > fd0 || count("task") > th0 {
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "connections left descriptors or threads"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Nobody listens on 9 in the guest: the host connection just closes.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", dead))?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let mut nothing = Vec::new();
+    assert!(std::io::Read::read_to_end(&mut c, &mut nothing).is_ok_and(|n| n == 0));
 
     // exec: in the guest (its own kernel), status, both streams, env, cwd.
     let out = tb(
@@ -589,10 +656,12 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
     )?;
     assert_eq!(tb_ok(env, k, &["wait", "vmquick"])?, "0");
 
-    // logs: the console, kept after the exit; stop: SIGTERM to sleep.
+    // logs: the console, kept after the exit; stop: SIGTERM to httpd,
+    // and the published ports go with the box.
     assert!(tb_ok(env, k, &["logs", "vmweb"])?.contains("up"));
     assert_eq!(tb_ok(env, k, &["stop", "vmweb"])?, "vmweb");
     assert_eq!(tb_ok(env, k, &["wait", "vmweb"])?, "143");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     assert!(tb_ok(env, k, &["logs", "vmweb"])?.contains("up"));
 
     // kill: SIGKILL destroys the VM at once.

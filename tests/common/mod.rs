@@ -221,3 +221,21 @@ pub fn host_mounts_of(env: &Env) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+
+/// An HTTP/1.0 GET of `path` on `port`: the status line and body length.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(String, usize)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    let req = format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n");
+    std::io::Write::write_all(&mut s, req.as_bytes())?;
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut s, &mut all)?;
+    let text = String::from_utf8_lossy(&all);
+    let status = text.lines().next().unwrap_or("").to_string();
+    let body = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| all.len() - i - 4)
+        .unwrap_or(0);
+    Ok((status, body))
+}
