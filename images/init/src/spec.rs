@@ -43,6 +43,40 @@ pub struct Spec {
     /// the box by signalling the holder (`Signal{0, N}`).
     #[serde(default)]
     pub hold: bool,
+    /// Volumes: virtio-fs shares to mount before the workload starts.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+}
+
+/// One volume in the guest: the virtio-fs share `tag` on `target`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// The share's tag (the device's name for it).
+    pub tag: String,
+    /// Where, an absolute path in the guest.
+    pub target: String,
+    /// Mounted read-only (the host enforces it too: this only makes the
+    /// guest's own view honest).
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// Most volumes one spec may ask for.
+pub const MAX_MOUNTS: usize = 16;
+
+impl Mount {
+    /// Checks what the host sent: a short tag, an absolute target without
+    /// `..`, no NUL bytes.
+    pub fn check(&self) -> Result<(), String> {
+        if self.tag.is_empty() || self.tag.len() > 36 || self.tag.contains('\0') {
+            return Err(format!("bad volume tag {:?}", self.tag));
+        }
+        let t = &self.target;
+        if !t.starts_with('/') || t.contains('\0') || t.split('/').any(|c| c == "..") || t == "/" {
+            return Err(format!("bad volume target {t:?}"));
+        }
+        Ok(())
+    }
 }
 
 /// Where the spec is in the guest (the legacy flow).
@@ -180,6 +214,28 @@ mod tests {
     }
 
     #[test]
+    fn volume_mounts_are_checked() {
+        let m = |tag: &str, target: &str| Mount {
+            tag: tag.into(),
+            target: target.into(),
+            readonly: false,
+        };
+        assert_eq!(m("v0", "/data").check(), Ok(()));
+        assert_eq!(m("v1", "/a/b c/d").check(), Ok(()));
+        for (tag, target) in [
+            ("", "/data"),
+            (&"x".repeat(37) as &str, "/data"),
+            ("v\0", "/data"),
+            ("v0", "data"),
+            ("v0", "/"),
+            ("v0", "/a/../etc"),
+            ("v0", "/a\0b"),
+        ] {
+            assert!(m(tag, target).check().is_err(), "{tag:?} {target:?}");
+        }
+    }
+
+    #[test]
     fn spec_round_trips_and_refuses_empty_argv() {
         let s = Spec {
             argv: vec!["echo".into(), "hi".into()],
@@ -190,6 +246,11 @@ mod tests {
             root: "/dev/pmem0".into(),
             agent_port: None,
             hold: false,
+            mounts: vec![Mount {
+                tag: "v0".into(),
+                target: "/data".into(),
+                readonly: true,
+            }],
         };
         let text = serde_json::to_vec(&s).unwrap_or_default();
         assert_eq!(Spec::parse(&text), Ok(s.clone()));
