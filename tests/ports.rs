@@ -136,6 +136,7 @@ fn a_container_serves_http_through_a_published_port() -> TestResult {
     // A box port nobody listens on: the host connection is closed, at once.
     let mut c = TcpStream::connect(("127.0.0.1", dead))?;
     c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    c.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
     let mut nothing = Vec::new();
     assert!(c.read_to_end(&mut nothing).is_ok_and(|n| n == 0));
 

@@ -215,11 +215,32 @@ fn start_connection(client: TcpStream, port: u16, target: &Target, active: &Arc<
         .stack_size(STACK)
         .spawn(move || {
             let _slot = slot;
-            if let Some(inner) = reach(&target, port) {
-                let _ = client.set_nodelay(true);
-                twinbox_agent::relay::relay(client.into(), inner);
+            match reach(&target, port) {
+                Some(inner) => {
+                    let _ = client.set_nodelay(true);
+                    twinbox_agent::relay::relay(client.into(), inner);
+                }
+                None => close_cleanly(client),
             }
         });
+}
+
+/// Ends a connection the box could not take with a FIN, not a reset:
+/// what the client already sent is read first (closing a socket with
+/// unread bytes resets it, which clients report as an error of their
+/// own rather than as "nothing there").
+fn close_cleanly(mut client: TcpStream) {
+    use std::io::Read;
+    let _ = client.shutdown(std::net::Shutdown::Write);
+    let _ = client.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut buf = [0u8; 4096];
+    let mut left = 256 * 1024usize;
+    while left > 0 {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => left = left.saturating_sub(n),
+        }
+    }
 }
 
 /// The box's side of a new connection to `port`; `None` (the host
@@ -319,6 +340,8 @@ mod tests {
         }
         let mut c = TcpStream::connect(("127.0.0.1", b[1].host_port))?;
         c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // What the client sent does not turn the close into a reset.
+        c.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
         let mut nothing = Vec::new();
         let r = c.read_to_end(&mut nothing);
         assert!(
