@@ -156,7 +156,14 @@ pub fn ensure() -> Result<Machine> {
     let built = build(&work, &key, &kernel, &busybox);
     let result = built.and_then(|out| {
         let dest = dir.join(&key);
-        fs::rename(&out, &dest).with_context(|| format!("publishing {}", dest.display()))?;
+        match fs::rename(&out, &dest) {
+            Ok(()) => {}
+            // Another run built the same machine at the same time and
+            // published first (a cold cache, tests in parallel): theirs
+            // is as good as ours, which goes with `work`.
+            Err(_) if Machine::load(dest.clone()).is_some() => {}
+            Err(e) => return Err(e).with_context(|| format!("publishing {}", dest.display())),
+        }
         Machine::load(dest).context("the machine just built does not load")
     });
     let _ = fsutil::remove_tree(&work);
