@@ -14,7 +14,9 @@ mod snapshots;
 mod subjects;
 mod supervisor;
 mod terminal;
+mod volumes;
 mod workload;
+mod boxfs;
 
 use std::process::ExitCode;
 
@@ -66,9 +68,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Exec(args) => commands::boxes::exec(&open_store()?, &args),
         Command::Stop { time, boxes } => commands::boxes::stop(&open_store()?, time, &boxes),
         Command::Kill { signal, boxes } => commands::boxes::kill(&open_store()?, &signal, &boxes),
-        Command::Rm { force, boxes } => commands::boxes::rm(&open_store()?, force, &boxes),
+        Command::Rm { force, boxes, .. } => commands::boxes::rm(&open_store()?, force, &boxes),
         Command::Wait { boxes } => commands::boxes::wait(&open_store()?, &boxes),
         Command::Inspect { boxes } => commands::boxes::inspect(&open_store()?, &boxes),
+        Command::Volume(cmd) => commands::volume::run(&open_store()?, cmd),
+        Command::Cp { src, dst } => commands::cp::run(&open_store()?, &src, &dst),
         Command::Supervise { id, ready_fd } => {
             supervisor::run(&Store::default_home(), &id, ready_fd)
         }

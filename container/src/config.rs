@@ -117,20 +117,25 @@ impl Bind {
                 format!("host path {} does not exist", self.source.display()),
             ));
         }
-        if !self.target.starts_with('/') || self.target.contains('\0') {
-            return bad("the box path must be absolute");
-        }
-        let parts: Vec<&str> = self.target.split('/').filter(|p| !p.is_empty()).collect();
-        if parts.iter().any(|p| *p == "." || *p == "..") {
-            return bad("the box path must not hold '.' or '..'");
-        }
-        match parts.first() {
-            None => bad("the box path cannot be / (the box's root)"),
-            Some(&("proc" | "sys" | "dev")) => {
-                bad("the box's own /proc, /sys and /dev cover that path")
-            }
-            Some(_) => Ok(()),
-        }
+        check_box_path(&self.target).or_else(|why| bad(why))
+    }
+}
+
+/// Checks a volume's box path: absolute, without `.` or `..` components
+/// or NUL, not `/`, not under the box's own /proc, /sys or /dev (mounted
+/// over volumes). The error says why.
+pub fn check_box_path(target: &str) -> Result<(), &'static str> {
+    if !target.starts_with('/') || target.contains('\0') {
+        return Err("the box path must be absolute");
+    }
+    let parts: Vec<&str> = target.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err("the box path must not hold '.' or '..'");
+    }
+    match parts.first() {
+        None => Err("the box path cannot be / (the box's root)"),
+        Some(&("proc" | "sys" | "dev")) => Err("the box's own /proc, /sys and /dev cover that path"),
+        Some(_) => Ok(()),
     }
 }
 

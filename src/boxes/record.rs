@@ -38,6 +38,9 @@ pub struct Options {
     pub cold: bool,
     /// Most bytes of log kept (both files).
     pub log_max: u64,
+    /// Volumes (`-v`): binds and named volumes, in order.
+    #[serde(default)]
+    pub volumes: Vec<crate::volumes::spec::VolumeSpec>,
 }
 
 /// The box's state, as its supervisor last wrote it.

@@ -13,6 +13,8 @@ pub mod nested;
 pub mod run;
 pub mod snapshot;
 pub mod vmm;
+pub mod volume;
+pub mod cp;
 
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -62,6 +62,7 @@ fn make(store: &Store, memory: Option<String>, cpus: Option<String>, image: Stri
         interactive: false,
         tty: false,
         log_opt: Vec::new(),
+        volume: Vec::new(),
         image,
         command: vec!["true".into()],
     };
