@@ -168,9 +168,9 @@ struct Copier {
 /// File systems whose files are the kernel's, not the box's.
 fn is_kernel_fs(fd: BorrowedFd<'_>) -> bool {
     const KERNEL: [i64; 9] = [
-        0x9fa0,     // proc
+        0x9fa0,      // proc
         0x6265_6572, // sysfs
-        0x1cd1,     // devpts
+        0x1cd1,      // devpts
         0x6367_7270, // cgroup2
         0x0027_e0eb, // cgroup
         0x1980_0202, // mqueue
@@ -286,7 +286,8 @@ impl Copier {
     }
 
     fn symlink(&mut self, src: &At<'_>, dst: &At<'_>, st: &FileStat) -> Result<(), Error> {
-        let target = nix::fcntl::readlinkat(src.dir, src.name).map_err(sys("reading", &self.src_path))?;
+        let target =
+            nix::fcntl::readlinkat(src.dir, src.name).map_err(sys("reading", &self.src_path))?;
         self.clear(dst, "symlink")?;
         nix::unistd::symlinkat(target.as_os_str(), dst.dir, dst.name)
             .map_err(sys("creating", &self.dst_path))?;
@@ -305,7 +306,13 @@ impl Copier {
             .map_err(sys("setting times", &self.dst_path))
     }
 
-    fn dir(&mut self, src: &At<'_>, dst: &At<'_>, st: &FileStat, depth: usize) -> Result<(), Error> {
+    fn dir(
+        &mut self,
+        src: &At<'_>,
+        dst: &At<'_>,
+        st: &FileStat,
+        depth: usize,
+    ) -> Result<(), Error> {
         if depth >= MAX_DEPTH {
             return Err(Error::TooDeep(self.src_path.clone()));
         }
@@ -317,14 +324,17 @@ impl Copier {
         }
         match dest_kind(dst, &self.dst_path)? {
             Some(true) => {}
-            Some(false) => {
-                return Err(Error::Mismatch(self.dst_path.clone(), "directory", "file"))
-            }
+            Some(false) => return Err(Error::Mismatch(self.dst_path.clone(), "directory", "file")),
             None => mkdirat(dst.dir, dst.name, Mode::from_bits_truncate(0o700))
                 .map_err(sys("creating", &self.dst_path))?,
         }
-        let dfd = openat(dst.dir, dst.name, OFlag::O_RDONLY | dir_flags, Mode::empty())
-            .map_err(sys("opening", &self.dst_path))?;
+        let dfd = openat(
+            dst.dir,
+            dst.name,
+            OFlag::O_RDONLY | dir_flags,
+            Mode::empty(),
+        )
+        .map_err(sys("opening", &self.dst_path))?;
         let listing = openat(sfd.as_fd(), ".", OFlag::O_RDONLY | dir_flags, Mode::empty())
             .map_err(sys("opening", &self.src_path))?;
         let mut d = nix::dir::Dir::from_fd(listing).map_err(sys("listing", &self.src_path))?;
@@ -431,7 +441,10 @@ mod tests {
     type R = Result<(), Box<dyn std::error::Error>>;
 
     fn at<'a>(fd: &'a OwnedFd, name: &'a OsStr) -> At<'a> {
-        At { dir: fd.as_fd(), name }
+        At {
+            dir: fd.as_fd(),
+            name,
+        }
     }
 
     const KEEP: Policy = Policy {
@@ -474,7 +487,10 @@ mod tests {
         assert_eq!(m.mode() & 0o7777, 0o751, "set-uid dropped, the rest kept");
         assert_eq!(m.mtime(), 1_000_000_000);
         assert_eq!(std::fs::metadata(dst.join("a"))?.mode() & 0o7777, 0o710);
-        assert_eq!(std::fs::read_link(dst.join("link"))?, Path::new("/etc/passwd"));
+        assert_eq!(
+            std::fs::read_link(dst.join("link"))?,
+            Path::new("/etc/passwd")
+        );
         // Again, onto what is there: files replaced, directories merged.
         std::fs::write(src.join("a/b/f"), b"again")?;
         copy(

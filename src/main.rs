@@ -5,6 +5,7 @@
 
 mod backends;
 mod boxes;
+mod boxfs;
 mod cli;
 mod commands;
 mod host;
@@ -16,7 +17,6 @@ mod supervisor;
 mod terminal;
 mod volumes;
 mod workload;
-mod boxfs;
 
 use std::process::ExitCode;
 

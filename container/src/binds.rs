@@ -215,7 +215,14 @@ pub fn apply(merged: &CStr, binds: &[BindPlan]) -> Result<(), (usize, Failure)> 
         }
         let is_dir = st.st_mode & libc::S_IFMT == libc::S_IFDIR;
         if is_dir == b.file {
-            return Err((i, Failure::Sys(if is_dir { Errno::EISDIR } else { Errno::ENOTDIR })));
+            return Err((
+                i,
+                Failure::Sys(if is_dir {
+                    Errno::EISDIR
+                } else {
+                    Errno::ENOTDIR
+                }),
+            ));
         }
         let mut buf = [0u8; 32];
         let at = proc_fd_path(target.as_raw_fd(), &mut buf);
@@ -267,7 +274,9 @@ mod tests {
         assert!(p[0]
             .remount
             .contains(MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV));
-        assert!(p[1].remount.contains(MsFlags::MS_REMOUNT | MsFlags::MS_BIND));
+        assert!(p[1]
+            .remount
+            .contains(MsFlags::MS_REMOUNT | MsFlags::MS_BIND));
         Ok(())
     }
 

@@ -76,8 +76,26 @@ impl Stage {
     pub fn from_u32(n: u32) -> Option<Self> {
         use Stage::*;
         [
-            Parent, Cgroup, Root, Mounts, Devices, Hostname, Loopback, Pivot, CgroupNs, Cwd,
-            Rlimits, Caps, User, Prctl, Seccomp, Exec, Stdio, Setns, Volumes, VolumeOnRoot,
+            Parent,
+            Cgroup,
+            Root,
+            Mounts,
+            Devices,
+            Hostname,
+            Loopback,
+            Pivot,
+            CgroupNs,
+            Cwd,
+            Rlimits,
+            Caps,
+            User,
+            Prctl,
+            Seccomp,
+            Exec,
+            Stdio,
+            Setns,
+            Volumes,
+            VolumeOnRoot,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)

@@ -134,7 +134,9 @@ pub fn check_box_path(target: &str) -> Result<(), &'static str> {
     }
     match parts.first() {
         None => Err("the box path cannot be / (the box's root)"),
-        Some(&("proc" | "sys" | "dev")) => Err("the box's own /proc, /sys and /dev cover that path"),
+        Some(&("proc" | "sys" | "dev")) => {
+            Err("the box's own /proc, /sys and /dev cover that path")
+        }
         Some(_) => Ok(()),
     }
 }
@@ -293,7 +295,10 @@ mod tests {
             (|c| c.limits.cpus = Some(0.0), "cpus"),
             (|c| c.binds.push(bind("/tmp", "relative")), "absolute"),
             (|c| c.binds.push(bind("tmp", "/x")), "absolute"),
-            (|c| c.binds.push(bind("/definitely/not/here", "/x")), "exist"),
+            (
+                |c| c.binds.push(bind("/definitely/not/here", "/x")),
+                "exist",
+            ),
             (|c| c.binds.push(bind("/tmp", "/a/../b")), "'..'"),
             (|c| c.binds.push(bind("/tmp", "/a/./b")), "'..'"),
             (|c| c.binds.push(bind("/tmp", "//")), "root"),

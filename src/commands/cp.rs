@@ -51,7 +51,10 @@ fn box_root_ids(pid: i32) -> (u32, u32) {
             .ok()
             .and_then(|t| {
                 t.lines().find_map(|l| {
-                    let f: Vec<u32> = l.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+                    let f: Vec<u32> = l
+                        .split_whitespace()
+                        .filter_map(|x| x.parse().ok())
+                        .collect();
                     (f.len() == 3 && f[0] == 0).then(|| f[1])
                 })
             })
@@ -118,9 +121,7 @@ pub fn run(store: &Store, src: &str, dst: &str) -> Result<u8> {
         }
         (None, Some((name, path))) => {
             let (root, pid) = open_root(&b.resolve(name)?)?;
-            let owner = nix::unistd::geteuid()
-                .is_root()
-                .then(|| box_root_ids(pid));
+            let owner = nix::unistd::geteuid().is_root().then(|| box_root_ids(pid));
             copy_in(Path::new(src), &root, name, path, owner)?;
         }
     }

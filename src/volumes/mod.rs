@@ -26,7 +26,9 @@ pub enum Error {
     Store(#[from] store::Error),
     /// A bind's host path is missing (Docker would make a directory
     /// there; twinbox does not, so a typo is not silently a new dir).
-    #[error("-v {0}:{1}: host path {0} does not exist (twinbox does not create it; make it first)")]
+    #[error(
+        "-v {0}:{1}: host path {0} does not exist (twinbox does not create it; make it first)"
+    )]
     HostPath(String, String),
     /// VM boxes cannot take volumes yet.
     #[error("volumes in VM boxes: not yet (use --isolation container)")]

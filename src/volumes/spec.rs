@@ -16,7 +16,9 @@ pub enum Error {
     #[error("-v {0:?}: want HOST_PATH:BOX_PATH[:ro|:rw] or NAME:BOX_PATH[:ro|:rw]")]
     Form(String),
     /// A box path alone: an anonymous volume.
-    #[error("-v {0:?}: anonymous volumes (a box path alone) are not supported; name one: -v NAME:{0}")]
+    #[error(
+        "-v {0:?}: anonymous volumes (a box path alone) are not supported; name one: -v NAME:{0}"
+    )]
     Anonymous(String),
     /// The mode is not `ro` or `rw`.
     #[error("-v {0:?}: unknown mode {1:?} (ro or rw)")]
@@ -89,7 +91,8 @@ pub fn parse(s: &str) -> Result<VolumeSpec, Error> {
     if kind == Kind::Bind && source.split('/').any(|p| p == "..") {
         return Err(Error::Source(s.into(), source.into()));
     }
-    twinbox_container::config::check_box_path(target).map_err(|why| Error::Target(s.into(), why))?;
+    twinbox_container::config::check_box_path(target)
+        .map_err(|why| Error::Target(s.into(), why))?;
     Ok(VolumeSpec {
         kind,
         source: source.into(),
