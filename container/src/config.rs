@@ -117,7 +117,7 @@ impl Bind {
                 format!("host path {} does not exist", self.source.display()),
             ));
         }
-        check_box_path(&self.target).or_else(|why| bad(why))
+        check_box_path(&self.target).or_else(bad)
     }
 }
 
