@@ -81,6 +81,11 @@ pub enum Command {
         /// Stop (kill) running ones first.
         #[arg(short, long)]
         force: bool,
+        /// Also remove the box's anonymous volumes. twinbox has none (a
+        /// `-v BOX_PATH` alone is refused), and named volumes are kept,
+        /// as Docker keeps them: accepted, nothing more is removed.
+        #[arg(short = 'v', long)]
+        volumes: bool,
         /// Boxes.
         #[arg(required = true)]
         boxes: Vec<String>,
@@ -106,6 +111,19 @@ pub enum Command {
         #[arg(value_name = "PRIVATE_PORT[/PROTO]")]
         port: Option<String>,
     },
+    /// Manage named volumes.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
+    /// Copy files between a running container box and the host:
+    /// `cp BOX:PATH HOST_PATH` or `cp HOST_PATH BOX:PATH` (files and
+    /// directories, modes and times kept; box paths resolved inside the
+    /// box).
+    Cp {
+        /// The source: BOX:PATH or a host path.
+        src: String,
+        /// The destination: BOX:PATH or a host path.
+        dst: String,
+    },
     /// A box's supervisor (started by run -d and start).
     #[command(hide = true)]
     Supervise {
@@ -114,6 +132,46 @@ pub enum Command {
         /// Where to say that the box started.
         #[arg(long)]
         ready_fd: Option<i32>,
+    },
+}
+
+/// `twinbox volume ...`
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Make a named volume (a random 64-hex name if none); prints its name.
+    Create {
+        /// Its name ([a-zA-Z0-9][a-zA-Z0-9_.-]+).
+        name: Option<String>,
+    },
+    /// List volumes.
+    #[command(visible_alias = "list")]
+    Ls {
+        /// Only names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print volumes' details as a JSON array.
+    Inspect {
+        /// Volumes.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove volumes; one that a box uses (running or not) is refused.
+    #[command(visible_alias = "remove")]
+    Rm {
+        /// A missing volume is not an error.
+        #[arg(short, long)]
+        force: bool,
+        /// Volumes.
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove every volume that no box uses (all of them, named ones
+    /// included, as Docker did before 23.0), and print the space reclaimed.
+    Prune {
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        force: bool,
     },
 }
 
@@ -609,6 +667,12 @@ pub struct RunArgs {
     /// ask for it with 0.0.0.0:...); no HOST_PORT is any free one.
     #[arg(short, long = "publish", value_name = "PORT")]
     pub publish: Vec<String>,
+    /// Mount a volume (containers): HOST_PATH:BOX_PATH[:ro|:rw] binds an
+    /// existing absolute host path (unlike Docker, a missing one is an
+    /// error, not made); NAME:BOX_PATH[:ro|:rw] mounts the named volume,
+    /// made on first use. BOX_PATH is absolute, resolved inside the box.
+    #[arg(short = 'v', long = "volume", value_name = "SRC:DST[:ro]")]
+    pub volume: Vec<String>,
     /// The image.
     pub image: String,
     /// The command and its arguments (default: the image's).

@@ -5,6 +5,7 @@
 
 mod backends;
 mod boxes;
+mod boxfs;
 mod cli;
 mod commands;
 mod host;
@@ -14,6 +15,7 @@ mod snapshots;
 mod subjects;
 mod supervisor;
 mod terminal;
+mod volumes;
 mod workload;
 
 use std::process::ExitCode;
@@ -66,12 +68,14 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Exec(args) => commands::boxes::exec(&open_store()?, &args),
         Command::Stop { time, boxes } => commands::boxes::stop(&open_store()?, time, &boxes),
         Command::Kill { signal, boxes } => commands::boxes::kill(&open_store()?, &signal, &boxes),
-        Command::Rm { force, boxes } => commands::boxes::rm(&open_store()?, force, &boxes),
+        Command::Rm { force, boxes, .. } => commands::boxes::rm(&open_store()?, force, &boxes),
         Command::Wait { boxes } => commands::boxes::wait(&open_store()?, &boxes),
         Command::Inspect { boxes } => commands::boxes::inspect(&open_store()?, &boxes),
         Command::Port { name, port } => {
             commands::boxes::port(&open_store()?, &name, port.as_deref())
         }
+        Command::Volume(cmd) => commands::volume::run(&open_store()?, cmd),
+        Command::Cp { src, dst } => commands::cp::run(&open_store()?, &src, &dst),
         Command::Supervise { id, ready_fd } => {
             supervisor::run(&Store::default_home(), &id, ready_fd)
         }

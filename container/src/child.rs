@@ -5,7 +5,7 @@
 //!
 //! Order: parent-death signal; wait for the id maps (user namespace only);
 //! join the v1 cgroups (itself: see `Cgroup::self_join_files`); private
-//! mount tree, scratch tmpfs, overlay; /proc, /sys, masked and
+//! mount tree, scratch tmpfs, overlay; the volumes (binds); /proc, /sys, masked and
 //! read-only paths; /dev; hostname; loopback up; `pivot_root`; wait for
 //! the parent's go-ahead (on v2 it has moved the child into its group by
 //! then); a cgroup namespace; working
@@ -65,6 +65,10 @@ pub enum Stage {
     Stdio,
     /// Entering a running box's namespaces (exec).
     Setns,
+    /// Bind-mounting the volumes.
+    Volumes,
+    /// A volume's box path resolves to the box's root.
+    VolumeOnRoot,
 }
 
 impl Stage {
@@ -72,8 +76,26 @@ impl Stage {
     pub fn from_u32(n: u32) -> Option<Self> {
         use Stage::*;
         [
-            Parent, Cgroup, Root, Mounts, Devices, Hostname, Loopback, Pivot, CgroupNs, Cwd,
-            Rlimits, Caps, User, Prctl, Seccomp, Exec, Stdio, Setns,
+            Parent,
+            Cgroup,
+            Root,
+            Mounts,
+            Devices,
+            Hostname,
+            Loopback,
+            Pivot,
+            CgroupNs,
+            Cwd,
+            Rlimits,
+            Caps,
+            User,
+            Prctl,
+            Seccomp,
+            Exec,
+            Stdio,
+            Setns,
+            Volumes,
+            VolumeOnRoot,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -100,6 +122,10 @@ impl Stage {
             Self::Exec => "executing the command",
             Self::Stdio => "taking its stdin, stdout and stderr",
             Self::Setns => "entering the box's namespaces",
+            Self::Volumes => "mounting the volumes (-v)",
+            Self::VolumeOnRoot => {
+                "mounting a volume: its box path resolves to the box's root (a symlink in the image?)"
+            }
         }
     }
 }
@@ -110,6 +136,8 @@ pub struct ChildPlan {
     pub root: RootPlan,
     /// Kernel file systems and masks.
     pub mounts: Vec<Mount>,
+    /// Volumes, bound right after the root is assembled.
+    pub binds: Vec<crate::binds::BindPlan>,
     /// /dev contents.
     pub dev: DevPlan,
     /// Mounts inside /dev.
@@ -315,6 +343,10 @@ fn steps(p: &ChildPlan) -> Result<Never, (Stage, Errno)> {
     };
 
     crate::rootfs::assemble(&p.root).map_err(|(_, e)| (Stage::Root, e))?;
+    crate::binds::apply(&p.root.merged, &p.binds).map_err(|(_, f)| match f {
+        crate::binds::Failure::OnRoot => (Stage::VolumeOnRoot, Errno::EBUSY),
+        crate::binds::Failure::Sys(e) => (Stage::Volumes, e),
+    })?;
     crate::mounts::apply(&p.mounts).map_err(|(_, e)| (Stage::Mounts, e))?;
     crate::devices::apply(&p.dev).map_err(|e| (Stage::Devices, e))?;
     crate::mounts::apply(&p.dev_mounts).map_err(|(_, e)| (Stage::Devices, e))?;

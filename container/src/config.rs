@@ -34,6 +34,9 @@ pub enum Error {
     /// A limit is out of range.
     #[error("{0}")]
     Limit(String),
+    /// A bind mount's source or box path cannot be used.
+    #[error("volume {0}: {1}")]
+    Bind(String, String),
 }
 
 /// Resource limits, enforced by cgroups.
@@ -82,6 +85,60 @@ pub struct ContainerConfig {
     /// Where the workload's stdin, stdout and stderr go (default: the
     /// launcher's own).
     pub stdio: Stdio,
+    /// Host paths bind-mounted into the box ([`crate::binds`]), in order.
+    pub binds: Vec<Bind>,
+}
+
+/// A host file or directory bind-mounted into the box.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    /// The host path (absolute, existing; followed on the host).
+    pub source: PathBuf,
+    /// Where it appears in the box: absolute, resolved inside the box's
+    /// root (an image's symlinks never lead out of it).
+    pub target: String,
+    /// Read-only in the box.
+    pub readonly: bool,
+}
+
+impl Bind {
+    /// Checks what can be checked without the box: `source` an existing
+    /// absolute path, `target` absolute, without `.` or `..` components,
+    /// not `/`, not under the box's own /proc, /sys or /dev.
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |why: &str| Err(Error::Bind(self.target.clone(), why.to_string()));
+        let src = self.source.as_os_str().as_encoded_bytes();
+        if !self.source.is_absolute() || src.contains(&0) {
+            return bad("the host path must be absolute");
+        }
+        if std::fs::metadata(&self.source).is_err() {
+            return Err(Error::Bind(
+                self.target.clone(),
+                format!("host path {} does not exist", self.source.display()),
+            ));
+        }
+        check_box_path(&self.target).or_else(bad)
+    }
+}
+
+/// Checks a volume's box path: absolute, without `.` or `..` components
+/// or NUL, not `/`, not under the box's own /proc, /sys or /dev (mounted
+/// over volumes). The error says why.
+pub fn check_box_path(target: &str) -> Result<(), &'static str> {
+    if !target.starts_with('/') || target.contains('\0') {
+        return Err("the box path must be absolute");
+    }
+    let parts: Vec<&str> = target.split('/').filter(|p| !p.is_empty()).collect();
+    if parts.iter().any(|p| *p == "." || *p == "..") {
+        return Err("the box path must not hold '.' or '..'");
+    }
+    match parts.first() {
+        None => Err("the box path cannot be / (the box's root)"),
+        Some(&("proc" | "sys" | "dev")) => {
+            Err("the box's own /proc, /sys and /dev cover that path")
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// The workload's standard streams: descriptors of the launcher's that
@@ -121,6 +178,7 @@ impl ContainerConfig {
             user_namespace: false,
             seccomp: true,
             stdio: Stdio::default(),
+            binds: Vec::new(),
         }
     }
 
@@ -168,6 +226,9 @@ impl ContainerConfig {
         if !self.scratch.is_dir() {
             return Err(Error::Scratch(self.scratch.clone()));
         }
+        for b in &self.binds {
+            b.validate()?;
+        }
         let l = &self.limits;
         if l.memory.is_some_and(|m| m < 4 << 20) {
             return Err(Error::Limit("memory limit: at least 4 MiB".into()));
@@ -194,6 +255,23 @@ mod tests {
         ContainerConfig::new("/".into(), "/tmp".into(), vec!["/bin/true".into()])
     }
 
+    fn bind(source: &str, target: &str) -> Bind {
+        Bind {
+            source: source.into(),
+            target: target.into(),
+            readonly: false,
+        }
+    }
+
+    #[test]
+    fn takes_good_binds() {
+        let mut c = ok();
+        c.binds.push(bind("/tmp", "/data"));
+        c.binds.push(bind("/tmp", "/a/b/c/"));
+        c.binds.push(bind("/tmp", "/procs"));
+        assert!(c.validate().is_ok());
+    }
+
     #[test]
     fn refuses_what_cannot_work() {
         assert!(ok().validate().is_ok());
@@ -215,6 +293,17 @@ mod tests {
             (|c| c.limits.pids = Some(0), "at least 1"),
             (|c| c.limits.cpus = Some(f64::NAN), "cpus"),
             (|c| c.limits.cpus = Some(0.0), "cpus"),
+            (|c| c.binds.push(bind("/tmp", "relative")), "absolute"),
+            (|c| c.binds.push(bind("tmp", "/x")), "absolute"),
+            (
+                |c| c.binds.push(bind("/definitely/not/here", "/x")),
+                "exist",
+            ),
+            (|c| c.binds.push(bind("/tmp", "/a/../b")), "'..'"),
+            (|c| c.binds.push(bind("/tmp", "/a/./b")), "'..'"),
+            (|c| c.binds.push(bind("/tmp", "//")), "root"),
+            (|c| c.binds.push(bind("/tmp", "/proc/x")), "/proc"),
+            (|c| c.binds.push(bind("/tmp", "/dev")), "/proc"),
         ];
         for (edit, want) in cases {
             let mut c = ok();

@@ -7,11 +7,12 @@
 //! One module per concern: [`config`], [`namespaces`], [`rootfs`] (overlay,
 //! pivot_root), [`mounts`] (kernel file systems, masked paths),
 //! [`devices`] (/dev), [`cgroups`] (v1, v2, hybrid), [`caps`],
-//! [`seccomp`], [`user`] (who the workload runs as), [`idmap`] (user
+//! [`binds`] (volumes), [`seccomp`], [`user`] (who the workload runs as), [`idmap`] (user
 //! namespace maps), [`network`] (loopback), [`spawn`] (clone, into the cgroup on v2), [`child`] (the box's side from
 //! clone to execve) and [`run`] (the launcher's side), [`exec`] (a new process in a running
 //! box).
 
+pub mod binds;
 pub mod caps;
 pub mod cgroups;
 pub mod child;
@@ -29,7 +30,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod user;
 
-pub use config::{ContainerConfig, Limits, Stdio};
+pub use config::{Bind, ContainerConfig, Limits, Stdio};
 
 /// A C string of `s` for the child's plan. Every caller passes text built
 /// from validated parts (no NUL); a NUL is dropped rather than panicking.

@@ -23,7 +23,7 @@ use crate::child::{self, ChildPlan, Stage};
 use crate::config::{self, ContainerConfig};
 use crate::cstring as c;
 use crate::spawn::{self, Fork};
-use crate::{caps, devices, idmap, mounts, rootfs, user};
+use crate::{binds, caps, devices, idmap, mounts, rootfs, user};
 
 /// Errors of running a box.
 #[derive(Debug, thiserror::Error)]
@@ -295,6 +295,7 @@ fn start_masked(cfg: &ContainerConfig, old_mask: SigSet) -> Result<Running, Erro
         .unwrap_or(1024);
     let plan = ChildPlan {
         mounts: mounts::plan(&merged, &|p| std::path::Path::new(p).is_dir()),
+        binds: binds::plan(&cfg.binds),
         dev: devices::plan(&merged, cfg.user_namespace, stdout_tty().as_deref()),
         dev_mounts: mounts::dev_plan(&merged, cfg.user_namespace),
         root: root_plan,

@@ -19,6 +19,8 @@ pub struct ContainerBackend {
     pub scratch: PathBuf,
     /// Run the box in a user namespace too.
     pub user_namespace: bool,
+    /// Host paths bound into the box (volumes).
+    pub binds: Vec<twinbox_container::Bind>,
 }
 
 impl ContainerBackend {
@@ -35,6 +37,7 @@ impl ContainerBackend {
         };
         c.timeout = w.limits.timeout;
         c.user_namespace = self.user_namespace;
+        c.binds = self.binds.clone();
         c
     }
 }

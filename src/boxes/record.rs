@@ -41,6 +41,9 @@ pub struct Options {
     /// Ports to publish (`-p`).
     #[serde(default)]
     pub publish: Vec<super::ports::PortSpec>,
+    /// Volumes (`-v`): binds and named volumes, in order.
+    #[serde(default)]
+    pub volumes: Vec<crate::volumes::spec::VolumeSpec>,
 }
 
 /// The box's state, as its supervisor last wrote it.

@@ -61,7 +61,9 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Error {
 #[derive(Debug)]
 pub struct Lock(#[allow(dead_code)] File);
 
-fn lock_file(path: &Path) -> Result<Lock, Error> {
+/// Takes an exclusive `flock` on `path` (made 0600 if missing; never
+/// through a symlink). Also the volume store's lock.
+pub(crate) fn lock_file(path: &Path) -> Result<Lock, Error> {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -80,6 +82,25 @@ fn lock_file(path: &Path) -> Result<Lock, Error> {
             return Err(io("locking", path)(e));
         }
     }
+}
+
+/// Replaces `dir/name` with `bytes` atomically: written (0600) to a
+/// `.NAME.<pid>` sibling, synced, renamed. Also the volume store's.
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), Error> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .map_err(io("writing", &tmp))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_data())
+        .map_err(io("writing", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("renaming", &tmp))
 }
 
 /// The box store.
@@ -158,24 +179,11 @@ impl Boxes {
     /// Writes `rec` atomically.
     pub fn save(&self, rec: &Record) -> Result<(), Error> {
         let d = self.dir(&rec.id);
-        let path = d.join("box.json");
-        let tmp = d.join(format!(".box.json.{}", std::process::id()));
         let text = serde_json::to_vec_pretty(rec).map_err(|source| Error::Record {
-            path: path.clone(),
+            path: d.join("box.json"),
             source,
         })?;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&tmp)
-            .map_err(io("writing", &tmp))?;
-        f.write_all(&text)
-            .and_then(|()| f.sync_data())
-            .map_err(io("writing", &tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io("renaming", &tmp))
+        write_atomic(&d, "box.json", &text)
     }
 
     /// Reads box `id`'s record as its supervisor wrote it.

@@ -46,6 +46,11 @@ pub fn create(store: &Store, args: &RunArgs, run: bool) -> Result<Record> {
         bail!("--profile, --dry-run and --debug are for a foreground `twinbox run` without -d, --name or -t");
     }
     let w = workload::resolve(store, args)?;
+    let volumes = crate::volumes::parse_all(&args.volume)?;
+    if w.isolation == Isolation::Vm {
+        crate::volumes::for_vm(&volumes)?;
+    }
+    let _volumes_lock = crate::volumes::prepare(store.home(), &volumes)?;
     let b = boxes(store)?;
     let image_command = w.image_command.clone();
     let mut rec = Record {
@@ -69,6 +74,7 @@ pub fn create(store: &Store, args: &RunArgs, run: bool) -> Result<Record> {
             cold: args.cold,
             log_max: log_max(&args.log_opt)?,
             publish: PortSpec::parse_all(&args.publish)?,
+            volumes,
         },
         state: State::created(),
     };
@@ -682,7 +688,7 @@ pub fn inspect(store: &Store, names: &[String]) -> Result<u8> {
     let mut code = 0;
     for n in names {
         match b.resolve(n) {
-            Ok(r) => v.push(r),
+            Ok(r) => v.push(crate::volumes::inspect_value(store.home(), &r)?),
             Err(e) => {
                 eprintln!("twinbox: {e}");
                 code = 1;

@@ -6,6 +6,7 @@ pub mod bench_container;
 pub mod bench_full;
 pub mod bench_lifecycle;
 pub mod boxes;
+pub mod cp;
 pub mod doctor;
 pub mod image;
 pub mod kernel;
@@ -13,6 +14,7 @@ pub mod nested;
 pub mod run;
 pub mod snapshot;
 pub mod vmm;
+pub mod volume;
 
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -20,6 +20,11 @@ pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
         return crate::commands::boxes::run(store, args);
     }
     let w = workload::resolve(store, args)?;
+    let volumes = crate::volumes::parse_all(&args.volume)?;
+    crate::volumes::check_host(&volumes)?;
+    if w.isolation == Isolation::Vm {
+        crate::volumes::for_vm(&volumes)?;
+    }
     if args.profile.is_some() && w.isolation != Isolation::Vm {
         anyhow::bail!("--profile profiles a guest: it needs --isolation vm");
     }
@@ -44,6 +49,7 @@ pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
             let b = ContainerBackend {
                 scratch: store.home().join("run"),
                 user_namespace: args.userns,
+                binds: crate::volumes::binds(store.home(), &volumes)?,
             };
             Ok((b.run(&w)? & 0xff) as u8)
         }

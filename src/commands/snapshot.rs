@@ -63,6 +63,7 @@ fn make(store: &Store, memory: Option<String>, cpus: Option<String>, image: Stri
         tty: false,
         log_opt: Vec::new(),
         publish: Vec::new(),
+        volume: Vec::new(),
         image,
         command: vec!["true".into()],
     };

@@ -215,6 +215,7 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
             let backend = ContainerBackend {
                 scratch: home.join("run"),
                 user_namespace: rec.options.userns,
+                binds: crate::volumes::binds(home, &rec.options.volumes)?,
             };
             std::fs::create_dir_all(&backend.scratch)?;
             let mut cfg = backend.config(&w);
