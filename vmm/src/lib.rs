@@ -30,6 +30,7 @@ pub mod snapshot;
 pub mod stats;
 pub mod vcpu;
 pub mod virtio;
+pub mod virtiofsd;
 pub mod vm;
 
 pub use config::VmConfig;
