@@ -451,3 +451,53 @@ fn a_server_without_version_1_is_refused() -> TestResult {
     let _ = t.join();
     Ok(())
 }
+
+#[test]
+fn a_driver_writing_garbage_never_breaks_the_device_or_its_server() -> TestResult {
+    let (server, t, _irq) = device()?;
+    let shared: Shared = Arc::new(Mutex::new(t));
+    let worker = spawn(shared.clone(), 0, false)?;
+    // xorshift64: the same garbage every run.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let mut live = 0;
+    for i in 0..20_000 {
+        let mut t = shared.lock().map_err(|_| "poisoned")?;
+        if i % 500 == 0 {
+            handshake(&mut *t, F_VERSION_1);
+        }
+        let r = next();
+        // Registers, the configuration space and past it.
+        let offset = (r & 0x1ff) & !(r >> 40 & 3);
+        let len = [1usize, 2, 4, 8][(r >> 20 & 3) as usize];
+        let data = match offset {
+            REG_STATUS => u64::from([0u8, 1, 3, 11, 15, 0x80][(r >> 30) as usize % 6]),
+            _ => next(),
+        }
+        .to_le_bytes();
+        if r >> 63 == 0 {
+            t.write(offset, &data[..len]);
+        } else {
+            let mut out = [0u8; 8];
+            t.read(offset, &mut out[..len]);
+        }
+        assert!(!t.is_active() || t.status() & status::DRIVER_OK != 0);
+        live += u32::from(t.is_active());
+    }
+    let mut t = shared.lock().map_err(|_| "poisoned")?;
+    // The server took it all and is still there: a proper driver gets a
+    // live device.
+    assert_eq!(t.device().failure(), None);
+    handshake(&mut *t, F_VERSION_1);
+    assert!(t.is_active());
+    assert!(live > 100, "only {live} accesses met a live device");
+    drop(t);
+    worker.stop()?;
+    server.kill();
+    Ok(())
+}
