@@ -53,6 +53,8 @@ fn main() {
         ("vcpu", rules::vcpu()),
         ("vmm", rules::vmm()),
         ("vsock", rules::vsock()),
+        ("vcpu_shares", rules::vcpu_shares()),
+        ("virtiofs", rules::virtiofs()),
     ] {
         std::fs::write(format!("{dir}/{name}.bpf"), compile(&list)).expect("write BPF");
     }

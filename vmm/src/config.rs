@@ -34,6 +34,17 @@ pub enum Error {
     /// A vsock device that cannot work.
     #[error("vsock: {0}")]
     Vsock(String),
+    /// A shared directory that cannot work.
+    #[error("share {index}: {why}")]
+    Share {
+        /// Which share, from 0.
+        index: usize,
+        /// Why it cannot work.
+        why: String,
+    },
+    /// More shared directories than virtio-mmio slots set aside for them.
+    #[error("{0} shared directories: at most {MAX_SHARES}")]
+    TooManyShares(usize),
 }
 
 /// Smallest guest memory: room for the boot structures, a kernel and a stack.
@@ -92,7 +103,35 @@ pub struct VmConfig {
     /// A virtio-vsock device whose host side is a Unix socket
     /// ([`crate::devices::vsock`]); none by default.
     pub vsock: Option<VsockConfig>,
+    /// Host directories the guest mounts with `mount -t virtiofs TAG
+    /// DIR`: one virtio-fs device each ([`crate::devices::virtiofs`]),
+    /// whose file server (a vhost-user backend such as virtiofsd, see
+    /// [`crate::virtiofsd`]) already listens on its socket. With any,
+    /// guest RAM is a shared memfd, and the VM can neither be snapshotted
+    /// nor restored ([`crate::vm::Error::SnapshotWithShares`]). At most
+    /// [`MAX_SHARES`], tags unique.
+    pub shares: Vec<ShareConfig>,
 }
+
+/// One shared directory: the tag the guest mounts it by and the
+/// vhost-user socket of the file server that serves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareConfig {
+    /// What the guest names it in `mount -t virtiofs TAG`: 1 to
+    /// [`TAG_MAX`] bytes of UTF-8, no NUL.
+    pub tag: String,
+    /// The file server's listening vhost-user socket (1 to
+    /// [`UDS_PATH_MAX`] bytes).
+    pub socket: PathBuf,
+}
+
+/// Longest share tag: the `tag` field of virtio-fs's configuration
+/// space (virtio 1.2, 5.11.4).
+pub const TAG_MAX: usize = 36;
+
+/// Most shared directories of one VM: each takes a virtio-mmio slot and
+/// a GSI, and a thread and a file server on the host.
+pub const MAX_SHARES: usize = 4;
 
 /// The vsock device: the guest's CID and the VM's Unix socket.
 ///
@@ -184,6 +223,30 @@ impl VsockConfig {
     }
 }
 
+impl ShareConfig {
+    /// Checks the tag and the socket path.
+    pub fn validate(&self, index: usize) -> Result<(), Error> {
+        let err = |why: String| Error::Share { index, why };
+        if self.tag.is_empty() || self.tag.len() > TAG_MAX {
+            return Err(err(format!(
+                "tag {:?}: want 1 to {TAG_MAX} bytes",
+                self.tag
+            )));
+        }
+        if self.tag.contains('\0') {
+            return Err(err("the tag contains a NUL byte".into()));
+        }
+        let len = self.socket.as_os_str().len();
+        if len == 0 || len > UDS_PATH_MAX {
+            return Err(err(format!(
+                "socket path {}: want 1 to {UDS_PATH_MAX} bytes",
+                self.socket.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl VmConfig {
     /// A config with 1 vCPU and 128 MiB.
     pub fn new(kernel: impl Into<PathBuf>) -> Self {
@@ -202,6 +265,7 @@ impl VmConfig {
             mailbox: None,
             snapshot: Snapshot::None,
             vsock: None,
+            shares: Vec::new(),
         }
     }
 
@@ -250,6 +314,23 @@ impl VmConfig {
         }
         if let Some(v) = &self.vsock {
             v.validate()?;
+        }
+        self.validate_shares()
+    }
+
+    /// Checks the shares: how many, each one, and that no two have one tag.
+    pub fn validate_shares(&self) -> Result<(), Error> {
+        if self.shares.len() > MAX_SHARES {
+            return Err(Error::TooManyShares(self.shares.len()));
+        }
+        for (index, share) in self.shares.iter().enumerate() {
+            share.validate(index)?;
+            if self.shares[..index].iter().any(|s| s.tag == share.tag) {
+                return Err(Error::Share {
+                    index,
+                    why: format!("tag {:?} is taken by an earlier share", share.tag),
+                });
+            }
         }
         Ok(())
     }
@@ -305,5 +386,43 @@ mod tests {
             });
             assert_eq!(c.validate(None, 2).is_ok(), ok, "{cid} {path}");
         }
+    }
+
+    #[test]
+    fn shares_are_bounded_and_their_tags_checked() {
+        let mut c = VmConfig::new("k");
+        let share = |tag: &str| ShareConfig {
+            tag: tag.into(),
+            socket: "/tmp/fs.sock".into(),
+        };
+        for (tag, ok) in [
+            ("data", true),
+            (&*"t".repeat(TAG_MAX), true),
+            (&*"t".repeat(TAG_MAX + 1), false),
+            ("", false),
+            ("a\0b", false),
+            // 36 bytes of UTF-8, fewer characters.
+            (&*"é".repeat(18), true),
+            (&*"é".repeat(19), false),
+        ] {
+            c.shares = vec![share(tag)];
+            assert_eq!(c.validate(None, 2).is_ok(), ok, "{tag:?}");
+        }
+        c.shares = vec![ShareConfig {
+            tag: "x".into(),
+            socket: "".into(),
+        }];
+        assert!(matches!(c.validate(None, 2), Err(Error::Share { .. })));
+        c.shares[0].socket = "x".repeat(UDS_PATH_MAX + 1).into();
+        assert!(matches!(c.validate(None, 2), Err(Error::Share { .. })));
+        c.shares = vec![share("a"), share("b"), share("a")];
+        assert!(matches!(
+            c.validate(None, 2),
+            Err(Error::Share { index: 2, .. })
+        ));
+        c.shares = (0..MAX_SHARES).map(|i| share(&i.to_string())).collect();
+        assert!(c.validate(None, 2).is_ok());
+        c.shares.push(share("one more"));
+        assert!(matches!(c.validate(None, 2), Err(Error::TooManyShares(5))));
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! Layout: [`arch`] (x86_64 boot state, CPUID, MSRs, MP table, zero page),
 //! [`memory`], [`pmem`] (a disk image as legacy persistent memory), [`loader`], [`devices`] (8250 UART, i8042, exit and boot-timer
-//! ports, virtio-vsock), [`virtio`] (the virtio-mmio transport), [`vcpu`], [`vm`], [`seccomp`] (per-thread filters, compiled at
+//! ports, virtio-vsock, virtio-fs through vhost-user), [`virtio`] (the virtio-mmio transport), [`virtiofsd`] (the file server of a shared directory), [`vcpu`], [`vm`], [`seccomp`] (per-thread filters, compiled at
 //! build time), [`profile`] and [`stats`] (a sampling profiler of the guest
 //! and KVM's counters). [`null_guest`] builds the smallest possible
 //! guest, used to measure the monitor alone.
@@ -30,6 +30,7 @@ pub mod snapshot;
 pub mod stats;
 pub mod vcpu;
 pub mod virtio;
+pub mod virtiofsd;
 pub mod vm;
 
 pub use config::VmConfig;

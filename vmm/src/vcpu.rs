@@ -144,7 +144,8 @@ pub fn create_restored(
 }
 
 /// Runs `vcpu` until `stop` is set (and the thread kicked) or the vCPU
-/// stops on its own; what stopped it goes to `events`. Gives the vCPU back
+/// stops on its own, under the `seccomp` filter if given; what stopped
+/// it goes to `events`. Gives the vCPU back
 /// (a snapshot reads its state after every vCPU has stopped).
 pub(crate) fn run(
     mut vcpu: VcpuFd,
@@ -152,12 +153,12 @@ pub(crate) fn run(
     devices: Arc<Devices>,
     stop: Arc<AtomicBool>,
     events: Sender<Event>,
-    seccomp: bool,
+    seccomp: Option<crate::seccomp::Thread>,
     sampler: Option<Arc<Sampler>>,
 ) -> VcpuFd {
     // The guest's input is only ever handled under the filter.
-    if seccomp {
-        if let Err(e) = crate::seccomp::install(crate::seccomp::Thread::Vcpu) {
+    if let Some(filter) = seccomp {
+        if let Err(e) = crate::seccomp::install(filter) {
             let cause = std::error::Error::source(&e)
                 .map(|c| c.to_string())
                 .unwrap_or_default();

@@ -28,7 +28,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::arch::{boot_params, cpuid, layout, mptable, pmu, regs};
 use crate::config::{self, Irqchip, Snapshot, VmConfig};
 use crate::devices::ports::{AtReady, Mark};
-use crate::devices::{ioapic, serial::Console, vsock, Devices};
+use crate::devices::{ioapic, serial::Console, virtiofs, vsock, Devices};
 use crate::event::Event;
 use crate::profile::{Profile, Sampler, StatsPoint};
 use crate::snapshot::machine::{IoapicState, MachineState};
@@ -84,6 +84,19 @@ pub enum Error {
     /// A virtio transport could not be made.
     #[error("virtio")]
     Virtio(#[from] crate::virtio::mmio::Error),
+    /// A virtio-fs device could not be set up (its file server).
+    #[error("virtio-fs")]
+    Virtiofs(#[from] virtiofs::Error),
+    /// A snapshot was asked of a VM with shared directories: its RAM is a
+    /// memfd the file servers map, and a restored VM's RAM would be a
+    /// private mapping of the snapshot's memory file, which no file server
+    /// could see. Boot it instead ([`Snapshot::None`]).
+    #[error(
+        "a VM with shared directories cannot be snapshotted or restored: the file \
+         servers map its RAM (a shared memfd), and a snapshot's RAM is a private \
+         mapping of the snapshot file that they could not see; boot it instead"
+    )]
+    SnapshotWithShares,
 }
 
 /// Why the VM stopped.
@@ -203,8 +216,16 @@ fn host_memory() -> Option<u64> {
 /// With [`VmConfig::vsock`], the VM's Unix socket is bound here (in the
 /// caller's thread) before the VM is built and removed when `run`
 /// returns, whatever the outcome.
+///
+/// With [`VmConfig::shares`], the file servers must listen on their
+/// sockets already; a snapshot (taken or restored) is refused with
+/// [`Error::SnapshotWithShares`] before anything is made.
 pub fn run(config: &VmConfig, console: Box<dyn Write + Send>) -> Result<Outcome, Error> {
     let config = config.clone();
+    config.validate_shares()?;
+    if !config.shares.is_empty() && config.snapshot != Snapshot::None {
+        return Err(Error::SnapshotWithShares);
+    }
     let (listener, bound) = match &config.vsock {
         Some(v) => {
             v.validate()?;
@@ -333,6 +354,9 @@ fn run_here(
             let ram = snapshot::memory::regions(&r.memory, &r.state.layout)?;
             memory::assemble(&vm, ram, pmem.as_ref(), mailbox_base)?
         }
+        None if !config.shares.is_empty() => {
+            memory::create_shared(&vm, size, pmem.as_ref(), mailbox_base)?
+        }
         None => memory::create(&vm, size, pmem.as_ref(), mailbox_base)?,
     };
     vm.set_tss_address(layout::KVM_TSS as usize)
@@ -418,6 +442,12 @@ fn run_here(
         devices = devices.with_vsock(device.clone(), slot::base(0));
         vsock_parts = Some((device, epoll, notify));
     }
+    let mut shares = Vec::new();
+    for (i, share) in config.shares.iter().enumerate() {
+        let device = make_share(&vm, &mem, share, share_slot(i))?;
+        devices = devices.with_share(device.clone(), slot::base(share_slot(i)));
+        shares.push(device);
+    }
     devices = match (&config.snapshot, mailbox_base, &config.mailbox) {
         (Snapshot::Take, _, _) => devices.with_ready(AtReady::Pause),
         (Snapshot::None, Some(base), Some(payload)) => {
@@ -485,6 +515,11 @@ fn run_here(
         }
         None => None,
     };
+    let share_workers = shares
+        .into_iter()
+        .enumerate()
+        .map(|(i, d)| virtiofs::spawn(d, i, config.seccomp))
+        .collect::<Result<Vec<_>, _>>()?;
 
     let sampler = config
         .profile
@@ -499,7 +534,11 @@ fn run_here(
     let mut spawn_error = None;
     for (i, v) in vcpus.into_iter().enumerate() {
         let (devices, stop, tx) = (devices.clone(), stop.clone(), tx.clone());
-        let seccomp = config.seccomp;
+        let seccomp = match (config.seccomp, config.shares.is_empty()) {
+            (false, _) => None,
+            (true, true) => Some(crate::seccomp::Thread::Vcpu),
+            (true, false) => Some(crate::seccomp::Thread::VcpuShares),
+        };
         let sampler = sampler.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("vcpu{i}"))
@@ -551,6 +590,9 @@ fn run_here(
     // Stopped after the vCPUs: no register access is in flight when its
     // state is read.
     if let Some(w) = vsock_worker.take() {
+        let _ = w.stop();
+    }
+    for w in share_workers {
         let _ = w.stop();
     }
     let vsock_state = devices.vsock_state();
@@ -663,12 +705,18 @@ fn load_guest(
         (true, extra) => extra.to_string(),
         (false, extra) => format!("{} {extra}", config.cmdline),
     };
-    if config.vsock.is_some() {
-        // The guest finds virtio-mmio devices only on its command line.
+    // The guest finds virtio-mmio devices only on its command line, and
+    // numbers them in its order (virtio0, virtio1, ...).
+    let slots = config
+        .vsock
+        .iter()
+        .map(|_| 0)
+        .chain((0..config.shares.len()).map(share_slot));
+    for n in slots {
         if !cmdline.is_empty() {
             cmdline.push(' ');
         }
-        cmdline.push_str(&slot::cmdline(0));
+        cmdline.push_str(&slot::cmdline(n));
     }
     let cmdline_len = loader::cmdline(mem, &cmdline)?;
     let seed = boot_params::rng_seed().map_err(|e| Error::Boot(e.to_string()))?;
@@ -727,6 +775,42 @@ fn make_vsock(
         None => MmioTransport::new(device, mem.clone(), irq, kick)?,
     };
     Ok((Arc::new(Mutex::new(transport)), epoll, notify))
+}
+
+/// The virtio-mmio slot of share `i`: after vsock's 0, whether or not
+/// the VM has a vsock device, so a share's window and GSI depend only on
+/// its place in [`VmConfig::shares`].
+pub fn share_slot(i: usize) -> u32 {
+    1 + i as u32
+}
+
+/// Makes share `config`'s virtio-fs device in slot `n`: connects to its
+/// file server, its GSI's irqfd, one KVM ioeventfd per queue on the
+/// window's QueueNotify (datamatch: the queue's index), its transport.
+fn make_share(
+    vm: &VmFd,
+    mem: &GuestMemoryMmap,
+    config: &config::ShareConfig,
+    n: u32,
+) -> Result<virtiofs::Shared, Error> {
+    let device = virtiofs::VirtioFs::connect(&config.tag, &config.socket)?;
+    let fd = || EventFd::new(EFD_NONBLOCK).map_err(virtiofs::Error::EventFd);
+    let irq = fd()?;
+    vm.register_irqfd(&irq, slot::gsi(n))
+        .map_err(|e| Error::Kvm("KVM_IRQFD", e))?;
+    for (q, kick) in device.kicks().iter().enumerate() {
+        // Where KVM does not take the write, the MMIO exit path signals
+        // the same eventfd (`VirtioFs::queue_notify`).
+        let _ = vm.register_ioevent(
+            kick,
+            &IoEventAddress::Mmio(slot::base(n) + REG_QUEUE_NOTIFY),
+            q as u32,
+        );
+    }
+    // Every queue notify goes to a kick eventfd: the transport's own
+    // notify eventfd is never signalled but at activation, and unread.
+    let transport = MmioTransport::new(device, mem.clone(), irq, fd()?)?;
+    Ok(Arc::new(Mutex::new(transport)))
 }
 
 /// Waits for the first stop event or the timeout, calling `tick` every

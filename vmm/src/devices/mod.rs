@@ -11,13 +11,16 @@
 //! and, with KVM's split irqchip, the I/O APIC at MMIO 0xFEC00000
 //! ([`ioapic`]); with [`crate::config::VmConfig::vsock`], a virtio-vsock
 //! device behind the virtio-mmio transport at MMIO 0xD0000000, GSI 5
-//! ([`vsock`], [`crate::virtio`]). Reads of other ports and addresses return all ones,
+//! ([`vsock`], [`crate::virtio`]); with [`crate::config::VmConfig::shares`],
+//! a virtio-fs device per share in the slots after it (share *i* in slot
+//! 1 + *i*: MMIO 0xD0001000 + 4 KiB × *i*, GSI 6 + *i*, [`virtiofs`]). Reads of other ports and addresses return all ones,
 //! writes to them are dropped: what real hardware does for an empty bus.
 
 pub mod i8042;
 pub mod ioapic;
 pub mod ports;
 pub mod serial;
+pub mod virtiofs;
 pub mod vsock;
 
 use std::sync::mpsc::Sender;
@@ -43,6 +46,8 @@ pub struct Devices {
     ioapic: Option<(Mutex<ioapic::Ioapic>, RouteInstaller)>,
     /// The vsock device and the base of its MMIO window.
     vsock: Option<(vsock::Shared, u64)>,
+    /// The virtio-fs devices and the bases of their MMIO windows.
+    shares: Vec<(virtiofs::Shared, u64)>,
 }
 
 const SERIAL_BASE: u16 = 0x3f8;
@@ -63,6 +68,7 @@ impl Devices {
             ports: ports::Ports::new(stop, start),
             ioapic: None,
             vsock: None,
+            shares: Vec::new(),
         }
     }
 
@@ -93,6 +99,7 @@ impl Devices {
             ports: ports::Ports::new(stop, start),
             ioapic: None,
             vsock: None,
+            shares: Vec::new(),
         })
     }
 
@@ -123,6 +130,22 @@ impl Devices {
     pub fn with_vsock(mut self, device: vsock::Shared, base: u64) -> Self {
         self.vsock = Some((device, base));
         self
+    }
+
+    /// Adds a virtio-fs device, its MMIO window at `base`.
+    pub fn with_share(mut self, device: virtiofs::Shared, base: u64) -> Self {
+        self.shares.push((device, base));
+        self
+    }
+
+    /// The virtio-fs device whose window holds `addr`, and the offset.
+    fn share_at(&self, addr: u64) -> Option<(&virtiofs::Shared, u64)> {
+        self.shares.iter().find_map(|(d, base)| {
+            let offset = addr
+                .checked_sub(*base)
+                .filter(|o| *o < crate::virtio::slot::SIZE)?;
+            Some((d, offset))
+        })
     }
 
     /// The vsock device's transport state, for a snapshot.
@@ -160,6 +183,15 @@ impl Devices {
                 Err(_) => Err("the vsock device's lock is poisoned".into()),
             };
         }
+        if let Some((d, offset)) = self.share_at(addr) {
+            return match d.lock() {
+                Ok(mut t) => {
+                    t.write(offset, data);
+                    Ok(())
+                }
+                Err(_) => Err("a virtio-fs device's lock is poisoned".into()),
+            };
+        }
         let Some(((io, install), offset)) = self.ioapic_at(addr) else {
             return Ok(());
         };
@@ -176,6 +208,13 @@ impl Devices {
     /// A guest MMIO read at `addr`.
     pub fn mmio_read(&self, addr: u64, data: &mut [u8]) {
         if let Some((d, offset)) = self.vsock_at(addr) {
+            match d.lock() {
+                Ok(t) => t.read(offset, data),
+                Err(_) => data.fill(0xff),
+            }
+            return;
+        }
+        if let Some((d, offset)) = self.share_at(addr) {
             match d.lock() {
                 Ok(t) => t.read(offset, data),
                 Err(_) => data.fill(0xff),

@@ -5,7 +5,11 @@
 //! VMM thread installs its own once the vCPU threads are started (it handles
 //! no guest input: devices run in the vCPU threads, but for the vsock
 //! device's queues and sockets, which its own thread handles under its own
-//! filter, installed before it looks at any). A call outside the list
+//! filter, installed before it looks at any, and a virtio-fs device's
+//! interrupts, relayed by its own thread under its own). A VM with shared
+//! directories gives its vCPUs a filter with three calls more (the
+//! vhost-user messages of a virtio-fs device's activation and reset);
+//! one without keeps the plain vCPU filter. A call outside the list
 //! kills the process (`SECCOMP_RET_KILL_PROCESS`): a VMM that does something
 //! it never does must not go on.
 
@@ -33,11 +37,18 @@ pub enum Thread {
     Vmm,
     /// The vsock device's thread.
     Vsock,
+    /// A vCPU thread of a VM with shared directories (vhost-user
+    /// messages on DRIVER_OK and reset).
+    VcpuShares,
+    /// A virtio-fs device's thread.
+    Virtiofs,
 }
 
 static VCPU_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vcpu.bpf"));
 static VMM_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vmm.bpf"));
 static VSOCK_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vsock.bpf"));
+static VCPU_SHARES_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vcpu_shares.bpf"));
+static VIRTIOFS_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/virtiofs.bpf"));
 
 impl Thread {
     fn name(self) -> &'static str {
@@ -45,6 +56,8 @@ impl Thread {
             Self::Vcpu => "vCPU",
             Self::Vmm => "VMM",
             Self::Vsock => "vsock",
+            Self::VcpuShares => "vCPU (with shares)",
+            Self::Virtiofs => "virtio-fs",
         }
     }
 
@@ -54,6 +67,8 @@ impl Thread {
             Self::Vcpu => rules::vcpu(),
             Self::Vmm => rules::vmm(),
             Self::Vsock => rules::vsock(),
+            Self::VcpuShares => rules::vcpu_shares(),
+            Self::Virtiofs => rules::virtiofs(),
         }
     }
 
@@ -63,6 +78,8 @@ impl Thread {
             Self::Vcpu => VCPU_BPF,
             Self::Vmm => VMM_BPF,
             Self::Vsock => VSOCK_BPF,
+            Self::VcpuShares => VCPU_SHARES_BPF,
+            Self::Virtiofs => VIRTIOFS_BPF,
         };
         bytes
             .chunks_exact(8)
@@ -88,7 +105,13 @@ mod tests {
 
     #[test]
     fn programs_are_compiled_and_lists_are_small() {
-        for t in [Thread::Vcpu, Thread::Vmm, Thread::Vsock] {
+        for t in [
+            Thread::Vcpu,
+            Thread::Vmm,
+            Thread::Vsock,
+            Thread::VcpuShares,
+            Thread::Virtiofs,
+        ] {
             let p = t.program();
             assert!(!p.is_empty());
             // Every BPF program ends with a return.
@@ -99,6 +122,8 @@ mod tests {
         assert_eq!(Thread::Vcpu.allowed().len(), 18);
         assert_eq!(Thread::Vmm.allowed().len(), 21);
         assert_eq!(Thread::Vsock.allowed().len(), 26);
+        assert_eq!(Thread::VcpuShares.allowed().len(), 21);
+        assert_eq!(Thread::Virtiofs.allowed().len(), 20);
         assert!(Thread::Vcpu
             .allowed()
             .iter()

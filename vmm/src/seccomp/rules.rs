@@ -102,6 +102,31 @@ pub const VSOCK_ONLY: &[Allowed] = &[
     allow("shutdown", libc::SYS_shutdown),
 ];
 
+/// A vCPU thread of a VM with shared directories, besides [`VCPU_ONLY`]:
+/// the guest's DRIVER_OK and reset of a virtio-fs device are vhost-user
+/// messages to its file server, sent and answered on that vCPU (sendmsg
+/// with the memfd and eventfds, recvmsg), and a server that failed is cut
+/// off (shutdown of both directions only).
+pub const VCPU_SHARES_ONLY: &[Allowed] = &[
+    allow("sendmsg", libc::SYS_sendmsg),
+    allow("recvmsg", libc::SYS_recvmsg),
+    Allowed { name: "shutdown", nr: libc::SYS_shutdown, arg1: &[libc::SHUT_RDWR as u64] },
+];
+
+/// A virtio-fs device thread, besides [`RUNTIME`]: wait on its epoll set
+/// (the call eventfds, the server's socket), read the eventfds, take the
+/// socket out of the set once it hung up.
+pub const VIRTIOFS_ONLY: &[Allowed] = &[
+    allow("epoll_wait", libc::SYS_epoll_wait),
+    allow("epoll_pwait", libc::SYS_epoll_pwait),
+    Allowed {
+        name: "epoll_ctl",
+        nr: libc::SYS_epoll_ctl,
+        arg1: &[libc::EPOLL_CTL_DEL as u64],
+    },
+    allow("read", libc::SYS_read),
+];
+
 /// A vCPU thread's whole list.
 pub fn vcpu() -> Vec<&'static Allowed> {
     VCPU_ONLY.iter().chain(RUNTIME).collect()
@@ -115,4 +140,14 @@ pub fn vmm() -> Vec<&'static Allowed> {
 /// The vsock thread's whole list.
 pub fn vsock() -> Vec<&'static Allowed> {
     VSOCK_ONLY.iter().chain(RUNTIME).collect()
+}
+
+/// A vCPU thread's whole list in a VM with shared directories.
+pub fn vcpu_shares() -> Vec<&'static Allowed> {
+    VCPU_SHARES_ONLY.iter().chain(VCPU_ONLY).chain(RUNTIME).collect()
+}
+
+/// A virtio-fs thread's whole list.
+pub fn virtiofs() -> Vec<&'static Allowed> {
+    VIRTIOFS_ONLY.iter().chain(RUNTIME).collect()
 }

@@ -275,6 +275,27 @@ impl<D: VirtioDevice> MmioTransport<D> {
         &self.device
     }
 
+    /// Device status.
+    pub fn status(&self) -> u32 {
+        self.status
+    }
+
+    /// The device went wrong and cannot go on until the driver resets it
+    /// (its backend is gone): NEEDS_RESET, and a configuration change
+    /// interrupt if the driver is live (virtio 1.2, 2.1.2). The device
+    /// stays inactive.
+    pub fn set_needs_reset(&mut self) {
+        if self.status & status::NEEDS_RESET != 0 {
+            return;
+        }
+        self.status |= status::NEEDS_RESET;
+        self.active = false;
+        if self.status & status::DRIVER_OK != 0 {
+            self.config_generation = self.config_generation.wrapping_add(1);
+            self.interrupt.raise(super::INT_CONFIG);
+        }
+    }
+
     /// The device, its queues, guest memory and interrupt: what its
     /// queue processing works with.
     pub fn parts(&mut self) -> (&mut D, &mut [Queue], &GuestMemoryMmap, &mut Interrupt) {
@@ -335,7 +356,7 @@ impl<D: VirtioDevice> MmioTransport<D> {
             REG_DRIVER_FEATURES_SEL => self.driver_features_sel = v,
             REG_DRIVER_FEATURES => self.set_driver_features(v),
             REG_QUEUE_SEL => self.queue_sel = v,
-            REG_QUEUE_NOTIFY if self.active => {
+            REG_QUEUE_NOTIFY if self.active && !self.device.queue_notify(v) => {
                 let _ = self.notify.write(1);
             }
             REG_INTERRUPT_ACK => self.interrupt.ack(v),
@@ -428,8 +449,13 @@ impl<D: VirtioDevice> MmioTransport<D> {
         if !self.queues.iter().all(|q| q.is_valid(mem)) {
             return false;
         }
+        if !self
+            .device
+            .activate(self.driver_features, &self.queues, mem)
+        {
+            return false;
+        }
         self.active = true;
-        self.device.activate(self.driver_features);
         // The device thread looks at its queues once, whether or not the
         // driver notifies.
         let _ = self.notify.write(1);
@@ -483,8 +509,9 @@ pub(crate) mod tests {
             }
         }
         fn write_config(&mut self, _: u64, _: &[u8]) {}
-        fn activate(&mut self, acked: u64) {
+        fn activate(&mut self, acked: u64, _: &[Queue], _: &GuestMemoryMmap) -> bool {
             self.activated = Some(acked);
+            true
         }
         fn reset(&mut self) {
             self.activated = None;

@@ -17,6 +17,12 @@
 //!   (`KVM_IOEVENTFD`) without a VM exit where it can;
 //! - the interrupt is an irqfd on the device's GSI ([`Interrupt`]).
 //!
+//! A vhost-user device (virtio-fs, `devices/virtiofs/`) has its queues
+//! worked by another process: the transport is the same, but each queue
+//! has its own kick eventfd (an ioeventfd matching the queue's index),
+//! and the backend's call eventfds are turned into [`INT_VRING`] and the
+//! irqfd by the device's thread.
+//!
 //! A device's snapshot is its transport's [`mmio::TransportState`] plus
 //! whatever the device keeps (the vsock device keeps nothing: its
 //! connections do not survive a snapshot).
@@ -26,6 +32,8 @@
 
 pub mod mmio;
 
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::arch::layout;
@@ -77,10 +85,21 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// A guest write to its configuration space.
     fn write_config(&mut self, offset: u64, data: &[u8]);
-    /// The driver set DRIVER_OK with valid queues and these features.
-    fn activate(&mut self, acked_features: u64);
+    /// The driver set DRIVER_OK with these features and `queues`, every
+    /// one ready and inside `mem`. Whether the device is live: a device
+    /// that cannot start (a vhost-user backend that is gone) says false,
+    /// and the transport sets NEEDS_RESET.
+    fn activate(&mut self, acked_features: u64, queues: &[Queue], mem: &GuestMemoryMmap) -> bool;
     /// The driver reset the device (status 0): drop all it holds.
     fn reset(&mut self);
+    /// The driver wrote `queue` to QueueNotify and KVM did not take the
+    /// write itself (no ioeventfd matched it). Whether the device
+    /// handled it; if not, the transport signals its one notify eventfd.
+    /// A device whose queues each have a kick eventfd of their own (a
+    /// vhost-user backend's) signals that one here.
+    fn queue_notify(&self, _queue: u32) -> bool {
+        false
+    }
 }
 
 /// A device's interrupt: the status bits the guest reads

@@ -282,7 +282,9 @@ impl VirtioDevice for Vsock {
 
     fn write_config(&mut self, _: u64, _: &[u8]) {}
 
-    fn activate(&mut self, _: u64) {}
+    fn activate(&mut self, _: u64, _: &[Queue], _: &GuestMemoryMmap) -> bool {
+        true
+    }
 
     fn reset(&mut self) {
         self.host.reset();
