@@ -53,6 +53,39 @@ pub(crate) struct Spec<'a> {
     /// through the agent (a box with `-i` or `-t`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub hold: bool,
+    /// Volumes: the virtio-fs shares init mounts.
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    pub mounts: &'a [GuestMount],
+}
+
+/// One volume as init mounts it (its `spec::Mount`).
+#[derive(serde::Serialize, Debug, Clone)]
+pub(crate) struct GuestMount {
+    pub tag: String,
+    pub target: String,
+    pub readonly: bool,
+}
+
+/// A host directory a VM box mounts (`-v`), over virtio-fs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmVolume {
+    /// The host directory.
+    pub source: PathBuf,
+    /// Where the guest mounts it.
+    pub target: String,
+    /// Read-only, enforced on the host (see `twinbox_vmm::virtiofsd`).
+    pub readonly: bool,
+}
+
+/// The tag of a VM's volume `i`.
+fn share_tag(i: usize) -> String {
+    format!("twinbox{i}")
+}
+
+/// True if the kernel at `kernel` has virtio-fs built in.
+pub fn has_virtiofs(kernel: &Path) -> bool {
+    std::fs::read_to_string(kernel.with_file_name("config"))
+        .is_ok_and(|c| c.lines().any(|l| l == "CONFIG_VIRTIO_FS=y"))
 }
 
 /// Where the guest finds the image's root disk.
@@ -92,6 +125,14 @@ pub struct VmBackend {
     /// supervisor starts the workload through the agent, relaying its
     /// stdin and terminal (`-i`, `-t`).
     pub hold: bool,
+    /// Volumes (`-v`): each a virtio-fs device served by a virtiofsd of
+    /// its own, started for the run and stopped after it. A VM with any
+    /// boots: its memory is shared with the servers, which a snapshot
+    /// cannot restore.
+    pub volumes: Vec<VmVolume>,
+    /// Where the servers' sockets go (a box's directory); `None` is a
+    /// temporary directory of the run.
+    pub fs_dir: Option<PathBuf>,
 }
 
 /// True if the kernel at `kernel` has the virtio-vsock driver built in
@@ -276,6 +317,16 @@ impl VmBackend {
             root: if pmem_root { ROOT_DISK } else { "" },
             agent_port: self.vsock.as_ref().map(|_| twinbox_agent::PORT),
             hold: self.hold && self.vsock.is_some(),
+            mounts: &self
+                .volumes
+                .iter()
+                .enumerate()
+                .map(|(i, v)| GuestMount {
+                    tag: share_tag(i),
+                    target: v.target.clone(),
+                    readonly: v.readonly,
+                })
+                .collect::<Vec<_>>(),
         })?;
         // An unnamed file (O_TMPFILE): it is gone with the last descriptor,
         // even if this process is killed, so a run never leaves it behind.
@@ -319,7 +370,14 @@ impl VmBackend {
                 .parse()
                 .map_err(|e: String| anyhow::anyhow!("TWINBOX_IRQCHIP: {e}"))?;
         }
-        let why_cold = cold_because(pmem_root, c.irqchip);
+        if !self.volumes.is_empty() && !has_virtiofs(&kernel_path) {
+            bail!("the guest kernel {} has no virtio-fs driver, which volumes in a VM need: run `twinbox kernel build`", kernel_path.display());
+        }
+        let why_cold = cold_because(pmem_root, c.irqchip).or(if self.volumes.is_empty() {
+            None
+        } else {
+            Some("volumes share the VM's memory with their file servers, which a snapshot cannot restore")
+        });
         if let (Some(why), false) = (why_cold, self.cold) {
             eprintln!("twinbox: booting (no warm start: {why})");
         }
@@ -442,7 +500,10 @@ impl VmBackend {
     /// to the ready mark, saved, then restored; a snapshot that cannot be
     /// used is removed (with a one-line notice) and the run boots.
     fn run_vm(&self, w: &Workload) -> Result<(vm::Outcome, Prepared, Start)> {
-        let p = self.prepare(w)?;
+        let mut p = self.prepare(w)?;
+        // The file servers live as long as this call (their parent-death
+        // signal follows this thread).
+        let (_servers, _tmp) = self.file_servers(&mut p.config)?;
         let Some(key) = p.key.clone() else {
             let o = vm::run(&p.config, self.console())?;
             return Ok((o, p, Start::Cold));
@@ -510,6 +571,47 @@ impl VmBackend {
                 Ok((o, p, Start::Cold))
             }
         }
+    }
+}
+
+impl VmBackend {
+    /// Starts one virtiofsd per volume and gives the VM its shares; the
+    /// servers (stopped and their sockets removed when dropped) and the
+    /// temporary directory of their sockets, if one was made.
+    fn file_servers(
+        &self,
+        c: &mut VmConfig,
+    ) -> Result<(
+        Vec<twinbox_vmm::virtiofsd::Virtiofsd>,
+        Option<tempfile::TempDir>,
+    )> {
+        if self.volumes.is_empty() {
+            return Ok((Vec::new(), None));
+        }
+        let (dir, tmp) = match &self.fs_dir {
+            Some(d) => (d.clone(), None),
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix("twinbox-fs-")
+                    .tempdir()
+                    .context("a directory for the file servers' sockets")?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        let mut servers = Vec::new();
+        for (i, v) in self.volumes.iter().enumerate() {
+            let socket = dir.join(format!("fs{i}.sock"));
+            let mut o = twinbox_vmm::virtiofsd::Options::new(&v.source, &socket);
+            o.read_only = v.readonly;
+            let s = twinbox_vmm::virtiofsd::spawn(&o)
+                .with_context(|| format!("starting the file server of {}", v.source.display()))?;
+            servers.push(s);
+            c.shares.push(twinbox_vmm::config::ShareConfig {
+                tag: share_tag(i),
+                socket,
+            });
+        }
+        Ok((servers, tmp))
     }
 }
 

@@ -57,6 +57,7 @@ fn qemu_command(
         root: "",
         agent_port: None,
         hold: false,
+        mounts: &[],
     })?;
     // The image's archive, then the run archive appended to it.
     let initrd = dir.join("qemu-initrd.cpio");

@@ -48,7 +48,7 @@ pub fn create(store: &Store, args: &RunArgs, run: bool) -> Result<Record> {
     let w = workload::resolve(store, args)?;
     let volumes = crate::volumes::parse_all(&args.volume)?;
     if w.isolation == Isolation::Vm {
-        crate::volumes::for_vm(&volumes)?;
+        crate::volumes::for_vm(store.home(), &volumes)?;
     }
     let _volumes_lock = crate::volumes::prepare(store.home(), &volumes)?;
     let b = boxes(store)?;
@@ -62,9 +62,9 @@ pub fn create(store: &Store, args: &RunArgs, run: bool) -> Result<Record> {
         options: Options {
             interactive: args.interactive,
             tty: args.tty,
-            // A foreground run that lives only for its -i (VM) or its
-            // ports, unnamed, is Docker's `run --rm`, as a plain `twinbox
-            // run` is. A `create` is kept, as Docker keeps it.
+            // A foreground run that lives only for its -i or volumes (VM)
+            // or its ports, unnamed, is Docker's `run --rm`, as a plain
+            // `twinbox run` is. A `create` is kept, as Docker keeps it.
             auto_remove: args.rm
                 || (run
                     && !args.detach

@@ -13,18 +13,24 @@ use crate::workload;
 /// Runs `twinbox run`; returns the workload's exit code.
 pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
     // A box that lives: detached, named, or with a terminal; a VM with
-    // stdin, which only its guest agent can pass; a box with published
-    // ports, which its supervisor serves.
-    let vm_stdin = args.interactive && args.isolation == Isolation::Vm;
-    if args.detach || args.name.is_some() || args.tty || vm_stdin || !args.publish.is_empty() {
+    // stdin, which only its guest agent can pass, or with volumes, whose
+    // file servers its supervisor runs; a box with published ports, which
+    // its supervisor serves.
+    let vm = args.isolation == Isolation::Vm;
+    let vm_stdin = args.interactive && vm;
+    let vm_volumes = vm && !args.volume.is_empty();
+    if args.detach
+        || args.name.is_some()
+        || args.tty
+        || vm_stdin
+        || vm_volumes
+        || !args.publish.is_empty()
+    {
         return crate::commands::boxes::run(store, args);
     }
     let w = workload::resolve(store, args)?;
     let volumes = crate::volumes::parse_all(&args.volume)?;
     crate::volumes::check_host(&volumes)?;
-    if w.isolation == Isolation::Vm {
-        crate::volumes::for_vm(&volumes)?;
-    }
     if args.profile.is_some() && w.isolation != Isolation::Vm {
         anyhow::bail!("--profile profiles a guest: it needs --isolation vm");
     }
@@ -41,6 +47,8 @@ pub fn run(store: &Store, args: &RunArgs) -> Result<u8> {
                 console: None,
                 vsock: None,
                 hold: false,
+                volumes: Vec::new(),
+                fs_dir: None,
             }
             .run(&w)?;
             Ok(code as u8)

@@ -75,6 +75,8 @@ fn make(store: &Store, memory: Option<String>, cpus: Option<String>, image: Stri
         console: None,
         vsock: None,
         hold: false,
+        volumes: Vec::new(),
+        fs_dir: None,
     };
     let p = backend.prepare(&w)?;
     let Some(key) = p.key.clone() else {

@@ -307,6 +307,13 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
                 console: Some(std::sync::Arc::new(std::fs::File::from(wr))),
                 vsock: Some(uds.clone()),
                 hold: rec.options.tty || rec.options.interactive,
+                volumes: crate::volumes::for_vm(home, &rec.options.volumes)?,
+                // The file servers' sockets in the box's directory, by
+                // the same short path as the vsock socket.
+                fs_dir: Some(std::path::PathBuf::from(format!(
+                    "/proc/self/fd/{}",
+                    dirfd.as_raw_fd()
+                ))),
             };
             let mut wl = w.clone();
             wl.image_command = rec.image_command.clone();

@@ -1,8 +1,8 @@
 //! Volumes: `-v` on `run` and `create` ([`spec`]), named volumes on disk
 //! ([`store`]), and what joins them to a box: the launcher's bind mounts
 //! for a container ([`binds`]), Docker's "Mounts" for `inspect`
-//! ([`mounts_json`]), which boxes use a volume ([`users`]). A VM box has
-//! no way to share a host directory yet: [`for_vm`] says so.
+//! ([`mounts_json`]), which boxes use a volume ([`users`]), and the
+//! shares of a VM box ([`for_vm`]: virtio-fs, one file server each).
 
 pub mod spec;
 pub mod store;
@@ -30,9 +30,14 @@ pub enum Error {
         "-v {0}:{1}: host path {0} does not exist (twinbox does not create it; make it first)"
     )]
     HostPath(String, String),
-    /// VM boxes cannot take volumes yet.
-    #[error("volumes in VM boxes: not yet (use --isolation container)")]
-    VmNotYet,
+    /// More volumes than a VM has virtio-fs devices for.
+    #[error("{0} volumes: a VM box takes at most {max}", max = twinbox_vmm::config::MAX_SHARES)]
+    VmTooMany(usize),
+    /// A VM shares directories only.
+    #[error(
+        "-v {0}: a VM box shares directories only (virtio-fs); bind the directory that holds it"
+    )]
+    VmNotDir(String),
 }
 
 /// Parses every `-v` value.
@@ -53,15 +58,36 @@ pub fn check_host(specs: &[VolumeSpec]) -> Result<(), Error> {
     Ok(())
 }
 
-/// The one place a VM box's volumes are turned into what the VM needs.
-/// Until the VMM can share a host directory (virtio-fs), any volume is
-/// refused here.
-pub fn for_vm(specs: &[VolumeSpec]) -> Result<(), Error> {
-    if specs.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::VmNotYet)
+/// A VM box's volumes as the VM takes them: each a host directory the
+/// guest mounts over virtio-fs (named volumes made if missing). A VM has
+/// at most `MAX_SHARES` virtio-fs devices, and a share is a directory
+/// (virtiofsd serves trees, not single files).
+pub fn for_vm(
+    home: &Path,
+    specs: &[VolumeSpec],
+) -> Result<Vec<crate::backends::vm::VmVolume>, Error> {
+    if specs.len() > twinbox_vmm::config::MAX_SHARES {
+        return Err(Error::VmTooMany(specs.len()));
     }
+    let _lock = make_named(home, specs)?;
+    let v = Volumes::open(home)?;
+    specs
+        .iter()
+        .map(|s| {
+            let source = match s.kind {
+                Kind::Bind => std::path::PathBuf::from(&s.source),
+                Kind::Volume => v.data(&s.source),
+            };
+            if s.kind == Kind::Bind && !source.is_dir() {
+                return Err(Error::VmNotDir(s.source.clone()));
+            }
+            Ok(crate::backends::vm::VmVolume {
+                source,
+                target: s.target.clone(),
+                readonly: s.readonly,
+            })
+        })
+        .collect()
 }
 
 /// Checks the binds and makes the named volumes that do not exist yet.
@@ -152,13 +178,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn vm_boxes_refuse_volumes_and_binds_must_exist() -> Result<(), Box<dyn std::error::Error>> {
-        assert!(for_vm(&[]).is_ok());
+    fn vm_volumes_are_directories_few_enough_and_binds_must_exist(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let home = tempfile::tempdir()?;
+        assert!(for_vm(home.path(), &[])?.is_empty());
+        let specs = parse_all(&["/tmp:/host:ro".into(), "db:/var/db".into()])?;
+        let v = for_vm(home.path(), &specs)?;
+        assert_eq!(v[0].source, Path::new("/tmp"));
+        assert!(v[0].readonly && !v[1].readonly);
+        assert_eq!(v[1].source, home.path().join("volumes/db/_data"));
+        assert!(v[1].source.is_dir(), "the named volume was made");
+        let file = parse_all(&["/etc/passwd:/p".into()])?;
+        assert!(matches!(
+            for_vm(home.path(), &file),
+            Err(Error::VmNotDir(_))
+        ));
+        let many: Vec<String> = (0..5).map(|i| format!("v{i}:/d{i}")).collect();
+        assert!(matches!(
+            for_vm(home.path(), &parse_all(&many)?),
+            Err(Error::VmTooMany(5))
+        ));
         let specs = parse_all(&["/definitely/not/here:/data".into()])?;
-        assert!(for_vm(&specs)
-            .expect_err("vm")
-            .to_string()
-            .contains("not yet"));
         assert!(check_host(&specs)
             .expect_err("missing")
             .to_string()

@@ -105,9 +105,12 @@ pub const VSOCK_ONLY: &[Allowed] = &[
 /// A vCPU thread of a VM with shared directories, besides [`VCPU_ONLY`]:
 /// the guest's DRIVER_OK and reset of a virtio-fs device are vhost-user
 /// messages to its file server, sent and answered on that vCPU (sendmsg
-/// with the memfd and eventfds, recvmsg), and a server that failed is cut
-/// off (shutdown of both directions only).
+/// with the memfd and eventfds, recvmsg), a reset drains the call
+/// eventfds of the rings it stopped (read; the guest's first driver reset
+/// at probe does it, so without it the vCPU was killed), and a server that
+/// failed is cut off (shutdown of both directions only).
 pub const VCPU_SHARES_ONLY: &[Allowed] = &[
+    allow("read", libc::SYS_read),
     allow("sendmsg", libc::SYS_sendmsg),
     allow("recvmsg", libc::SYS_recvmsg),
     Allowed { name: "shutdown", nr: libc::SYS_shutdown, arg1: &[libc::SHUT_RDWR as u64] },

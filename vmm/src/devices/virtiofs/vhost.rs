@@ -215,11 +215,22 @@ impl Backend {
     }
 }
 
-/// The memory table: every RAM region that is a memfd mapping (the
-/// root disk and the mailbox are not, and no server needs them).
+/// Whether region `r` is shared RAM: a `MAP_SHARED` file mapping (the
+/// memfd). The root disk is a file mapping too, but private, of a file
+/// open read-only, which a server could not map writable (virtiofsd
+/// failed every SET_MEM_TABLE with EACCES when it was sent), and no
+/// server needs it, nor the mailbox.
+fn is_shared_ram(r: &vm_memory::GuestRegionMmap) -> bool {
+    r.file_offset().is_some() && r.flags() & libc::MAP_SHARED != 0
+}
+
+/// The memory table: every region of shared RAM ([`is_shared_ram`]).
 fn mem_table(mem: &GuestMemoryMmap) -> Result<Vec<VhostUserMemoryRegionInfo>, Error> {
     let mut out = Vec::new();
     for r in mem.iter() {
+        if !is_shared_ram(r) {
+            continue;
+        }
         let Some(f) = r.file_offset() else {
             continue;
         };
@@ -245,7 +256,9 @@ fn mem_table(mem: &GuestMemoryMmap) -> Result<Vec<VhostUserMemoryRegionInfo>, Er
 /// shared region of `mem`.
 fn shared_host_address(mem: &GuestMemoryMmap, addr: u64, len: u64) -> Option<u64> {
     let r = mem.find_region(GuestAddress(addr))?;
-    r.file_offset()?;
+    if !is_shared_ram(r) {
+        return None;
+    }
     let offset = addr.checked_sub(r.start_addr().raw_value())?;
     if offset.checked_add(len)? > r.len() {
         return None;
