@@ -24,13 +24,19 @@
 //! bind would carry them read-write). No mount is made in the host's
 //! namespace, and the private one ends with the server.
 //!
-//! The server dies with us: its parent-death signal is SIGKILL (sent
-//! when the *thread* that called [`spawn`] ends: spawn from a thread
-//! that outlives the VM), and the process virtiofsd forks into its PID
-//! namespace has its own (SIGTERM) on it. Dropping a [`Virtiofsd`] sends
-//! SIGTERM, waits up to [`STOP_GRACE`], then SIGKILL, reaps it and
-//! removes the socket. The server also ends by itself when the VM's
-//! connection closes.
+//! virtiofsd is two processes: the one we start waits for the one it
+//! forks into its new PID namespace, which serves. Both are in a process
+//! group of their own (the child calls `setpgid(0, 0)` before exec), so
+//! signals go to the group: killing only the first would leave the
+//! server serving. The server dies with us: the first's parent-death
+//! signal is SIGKILL (sent when the *thread* that called [`spawn`] ends:
+//! spawn from a thread that outlives the VM), the second's is virtiofsd's
+//! own SIGTERM, and it ends anyway when the VM's connection closes (the
+//! VMM is this process). Dropping a [`Virtiofsd`] sends the group SIGTERM,
+//! waits up to [`STOP_GRACE`] for the first, then SIGKILL to the group,
+//! reaps and removes the socket. The group is only ever signalled while
+//! its leader (our child) is not yet reaped, so its id cannot have been
+//! reused.
 //!
 //! Needs root (virtiofsd's namespace sandbox, our mount namespace).
 
@@ -148,11 +154,25 @@ impl Virtiofsd {
         &self.socket
     }
 
-    /// Whether it has ended (and how), without waiting.
-    pub fn try_wait(&mut self) -> std::io::Result<Option<ExitStatus>> {
-        match self.child.as_mut() {
-            Some(c) => c.try_wait(),
-            None => Ok(None),
+    /// Whether the process we started has ended (it is not reaped
+    /// until [`stop`](Self::stop) or drop, so its group can still be
+    /// signalled).
+    pub fn has_exited(&self) -> bool {
+        self.pid().is_some_and(exited_unreaped)
+    }
+
+    /// Kills the server's process group now (SIGKILL), as a crash would;
+    /// reaped at [`stop`](Self::stop) or drop.
+    pub fn kill(&self) {
+        self.signal_group(libc::SIGKILL);
+    }
+
+    fn signal_group(&self, sig: libc::c_int) {
+        if let Some(pid) = self.pid().and_then(|p| libc::pid_t::try_from(p).ok()) {
+            // SAFETY: `pid` leads the group (setpgid in the child) and is
+            // not reaped (only `end` reaps, after its last signal), so
+            // the group id is ours.
+            unsafe { libc::kill(-pid, sig) };
         }
     }
 
@@ -164,25 +184,18 @@ impl Virtiofsd {
 
     fn end(&mut self) -> Option<ExitStatus> {
         let _ = std::fs::remove_file(&self.socket);
-        let mut child = self.child.take()?;
-        if let Ok(Some(status)) = child.try_wait() {
-            return Some(status);
+        if self.child.is_none() {
+            return None;
         }
-        if let Ok(pid) = libc::pid_t::try_from(child.id()) {
-            // SAFETY: `pid` is our child, not yet reaped (try_wait said
-            // it runs), so the pid cannot have been reused.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
+        self.signal_group(libc::SIGTERM);
         let deadline = Instant::now() + STOP_GRACE;
-        while Instant::now() < deadline {
-            match child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-                Err(_) => break,
-            }
+        while Instant::now() < deadline && !self.has_exited() {
+            std::thread::sleep(Duration::from_millis(10));
         }
-        let _ = child.kill();
-        child.wait().ok()
+        // The server in the PID namespace may outlive the first process
+        // (its SIGTERM only ends it at its next wake-up): the group goes.
+        self.signal_group(libc::SIGKILL);
+        self.child.take()?.wait().ok()
     }
 }
 
@@ -190,6 +203,25 @@ impl Drop for Virtiofsd {
     fn drop(&mut self) {
         let _ = self.end();
     }
+}
+
+/// Whether child `pid` has exited, without reaping it (`WNOWAIT`).
+fn exited_unreaped(pid: u32) -> bool {
+    let pid: libc::id_t = pid;
+    // SAFETY: an all-zero siginfo_t is a valid value to be overwritten.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on our own child with a live siginfo_t; WNOWAIT
+    // leaves it waitable.
+    let r = unsafe {
+        libc::waitid(
+            libc::P_PID,
+            pid,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+        )
+    };
+    // SAFETY: waitid filled `info` (si_pid 0 if nothing has exited).
+    r == 0 && unsafe { info.si_pid() } != 0
 }
 
 fn c_path(p: &Path) -> Result<CString, Error> {
@@ -263,6 +295,9 @@ impl PreExec {
             // The parent died before the death signal was armed.
             return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
         }
+        // A group of its own, which the process virtiofsd forks joins too.
+        // SAFETY: setpgid on ourselves.
+        check(unsafe { libc::setpgid(0, 0) })?;
         // The listening socket stays open across exec (`--fd`).
         // SAFETY: F_SETFD on a descriptor this process holds.
         check(unsafe { libc::fcntl(self.listener, libc::F_SETFD, 0) })?;
@@ -343,7 +378,7 @@ pub fn spawn(options: &Options) -> Result<Virtiofsd, Error> {
         .stdin(Stdio::null())
         .stdout(Stdio::null());
     // SAFETY: `PreExec::run` makes only system calls (prctl, getppid,
-    // fcntl, unshare, mount) on values prepared before the fork, and
+    // setpgid, fcntl, unshare, mount) on values prepared before the fork, and
     // allocates nothing: what is safe between fork and exec.
     unsafe { cmd.pre_exec(move || pre.run()) };
     let spawned = cmd.spawn();

@@ -123,7 +123,7 @@ mod tests {
         assert_eq!(Thread::Vmm.allowed().len(), 21);
         assert_eq!(Thread::Vsock.allowed().len(), 26);
         assert_eq!(Thread::VcpuShares.allowed().len(), 21);
-        assert_eq!(Thread::Virtiofs.allowed().len(), 20);
+        assert_eq!(Thread::Virtiofs.allowed().len(), 21);
         assert!(Thread::Vcpu
             .allowed()
             .iter()

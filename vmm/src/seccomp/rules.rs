@@ -118,7 +118,8 @@ pub const VCPU_SHARES_ONLY: &[Allowed] = &[
 
 /// A virtio-fs device thread, besides [`RUNTIME`]: wait on its epoll set
 /// (the call eventfds, the server's socket), read the eventfds, take the
-/// socket out of the set once it hung up.
+/// socket out of the set once it hung up and cut it (shutdown of both
+/// directions only) before closing it.
 pub const VIRTIOFS_ONLY: &[Allowed] = &[
     allow("epoll_wait", libc::SYS_epoll_wait),
     allow("epoll_pwait", libc::SYS_epoll_pwait),
@@ -128,6 +129,7 @@ pub const VIRTIOFS_ONLY: &[Allowed] = &[
         arg1: &[libc::EPOLL_CTL_DEL as u64],
     },
     allow("read", libc::SYS_read),
+    Allowed { name: "shutdown", nr: libc::SYS_shutdown, arg1: &[libc::SHUT_RDWR as u64] },
 ];
 
 /// A vCPU thread's whole list.

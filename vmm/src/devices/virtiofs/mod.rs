@@ -43,7 +43,8 @@
 //! and DRIVER_OK again fail the same way (no reconnection).
 //!
 //! Under the thread's seccomp filter ([`crate::seccomp::Thread::Virtiofs`]):
-//! epoll, eventfd reads, and taking the socket out of the epoll set. The
+//! epoll, eventfd reads, taking the socket out of the epoll set and
+//! cutting it (`shutdown(SHUT_RDWR)`). The
 //! vCPU threads of a VM with shares have `sendmsg`/`recvmsg`/`shutdown`
 //! on top of theirs ([`crate::seccomp::Thread::VcpuShares`]) for the
 //! conversation.
@@ -245,10 +246,8 @@ impl VirtioDevice for VirtioFs {
                 self.fail(e.to_string());
             }
         }
-        // The server signalled calls for rings that are gone.
-        for c in &self.calls {
-            let _ = c.read();
-        }
+        // Calls the server signalled for the rings now gone are read by
+        // the device thread, which raises nothing for an inactive device.
     }
 
     fn queue_notify(&self, queue: u32) -> bool {
