@@ -346,9 +346,13 @@ pub struct WebBenchArgs {
     /// Each measured wrk run (whole seconds, as wrk takes them).
     #[arg(short = 'd', long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: std::time::Duration,
-    /// Each wrk run against the VM (default: --duration); 0 leaves the VM out.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub vm_duration: Option<std::time::Duration>,
+    /// Each wrk run against the VM; 0 leaves the VM out.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub vm_duration: std::time::Duration,
+    /// wrk connections against the VM (a guest on an emulating hypervisor
+    /// serves a few requests a second; more connections only queue there).
+    #[arg(long, default_value_t = 2)]
+    pub vm_connections: usize,
     /// An unmeasured wrk run before each measured one; 0 for none.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub warmup: std::time::Duration,
