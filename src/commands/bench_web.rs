@@ -497,6 +497,19 @@ fn wrk(load: &Load, port: u16, path: &str) -> Result<Wrk> {
     parse_wrk(&text).map_err(|e| anyhow::anyhow!("{e}: {text}"))
 }
 
+/// Whether a wrk run worked; a failure is noted on its row and the
+/// benchmark goes on, unless a stop signal came (then it is the error).
+fn keep<T>(w: Result<T>, row: &mut Row, what: &str) -> Result<bool> {
+    match w {
+        Ok(_) => Ok(true),
+        Err(e) if twinbox_bench::stop_requested() => Err(e),
+        Err(e) => {
+            row.note = Some(format!("{what} failed: {e:#}"));
+            Ok(false)
+        }
+    }
+}
+
 /// One row of the table: a subject and a file.
 #[derive(Debug, serde::Serialize)]
 struct Row {
@@ -675,20 +688,23 @@ pub fn run(args: WebBenchArgs) -> Result<()> {
             for k in 0..n {
                 let s = &servers[(k + round + fi) % n];
                 pb.set_message(format!("round {}: {} /{file}", round + 1, s.kind.label()));
-                if !args.warmup.is_zero() {
-                    wrk(&warmup, s.port, file)
-                        .with_context(|| format!("{} /{file}, warm-up", s.kind.label()))?;
-                    pb.inc(1);
-                }
-                let w = wrk(&load, s.port, file)
-                    .with_context(|| format!("{} /{file}", s.kind.label()))?;
-                pb.inc(1);
-                if let Some(r) = rows
+                let Some(r) = rows
                     .iter_mut()
                     .find(|r| r.subject == s.kind.label() && r.file == *file)
-                {
-                    r.runs.push(w);
+                else {
+                    continue;
+                };
+                if !args.warmup.is_zero() {
+                    let w = wrk(&warmup, s.port, file);
+                    pb.inc(1);
+                    if !keep(w, r, "warm-up")? {
+                        pb.inc(1);
+                        continue;
+                    }
                 }
+                let w = wrk(&load, s.port, file).map(|w| r.runs.push(w));
+                pb.inc(1);
+                keep(w, r, "measured run")?;
             }
         }
     }
@@ -713,9 +729,8 @@ pub fn run(args: WebBenchArgs) -> Result<()> {
                         pb.set_message(format!("/{file}"));
                         // No warm-up: what it left in flight would still
                         // be queued in the guest during the measured run.
-                        row.runs.push(
-                            wrk(&vm_load, s.port, file).with_context(|| format!("VM /{file}"))?,
-                        );
+                        let w = wrk(&vm_load, s.port, file).map(|w| row.runs.push(w));
+                        keep(w, &mut row, "measured run")?;
                         rows.push(row);
                     }
                 }
