@@ -386,6 +386,46 @@ pub enum BenchCommand {
     /// crun exec, docker exec) and host memory per idle detached box, 10
     /// at once, beside crun and Docker.
     Lifecycle(LifecycleBenchArgs),
+    /// A web server behind a published port: busybox httpd natively, in
+    /// twinbox's container and VM behind -p, and in Docker behind -p,
+    /// driven by wrk from the host; requests/s, p50 and p99.
+    Web(WebBenchArgs),
+}
+
+/// `twinbox bench web`
+#[derive(Debug, Args)]
+pub struct WebBenchArgs {
+    /// wrk threads.
+    #[arg(short = 't', long, default_value_t = 2)]
+    pub threads: usize,
+    /// wrk connections kept open.
+    #[arg(short = 'c', long, default_value_t = 16)]
+    pub connections: usize,
+    /// Each measured wrk run (whole seconds, as wrk takes them).
+    #[arg(short = 'd', long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: std::time::Duration,
+    /// Each wrk run against the VM; 0 leaves the VM out.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    pub vm_duration: std::time::Duration,
+    /// wrk connections against the VM (a guest on an emulating hypervisor
+    /// serves a few requests a second; more connections only queue there).
+    #[arg(long, default_value_t = 2)]
+    pub vm_connections: usize,
+    /// An unmeasured wrk run before each measured one; 0 for none.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: std::time::Duration,
+    /// wrk's request timeout (a request slower than this is an error).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
+    /// Interleaved rounds of native, the container and Docker.
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
+    /// Leave Docker out even where its daemon answers.
+    #[arg(long)]
+    pub no_docker: bool,
+    /// Also write every figure as JSON here.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
 }
 
 /// `twinbox bench lifecycle`

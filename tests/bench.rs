@@ -150,3 +150,66 @@ fn a_quick_full_run_measures_and_reports_every_scenario() -> Result<(), Box<dyn 
     assert_eq!(ours["tests"].as_array().map(Vec::len), Some(4));
     Ok(())
 }
+
+/// `twinbox bench web` with one-second wrk runs, native and the container
+/// only: both rows measured (requests served, latencies read), the VM and
+/// Docker rows saying why they did not run, and no box left behind.
+#[test]
+fn the_web_benchmark_measures_the_container_behind_p() -> Result<(), Box<dyn std::error::Error>> {
+    if !std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .any(|d| d.join("wrk").is_file())
+    {
+        eprintln!("skipped: no wrk on PATH (scripts/bootstrap installs it)");
+        return Ok(());
+    }
+    let env = Env::new();
+    let out = env.run(&["image", "build-base"]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let json = env.path().join("web.json");
+    let out = env.run(&[
+        "bench",
+        "web",
+        "-t1",
+        "-c4",
+        "-d1s",
+        "--warmup",
+        "0s",
+        "--rounds",
+        "1",
+        "--vm-duration",
+        "0s",
+        "--no-docker",
+        "--json",
+        json.to_str().ok_or("path")?,
+    ]);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let table = stdout(&out);
+    assert!(
+        table.contains("| twinbox vm (-p) | 1 KiB | 0 |")
+            && table.contains("not run: --vm-duration 0"),
+        "{table}"
+    );
+    assert!(table.contains("not run: --no-docker"), "{table}");
+    assert!(table.contains("not checked, a row is missing"), "{table}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json)?)?;
+    let rows = v["rows"].as_array().ok_or("rows")?;
+    for subject in ["native (host loopback)", "twinbox container (-p)"] {
+        for file in ["1k", "1m"] {
+            let r = rows
+                .iter()
+                .find(|r| r["subject"] == subject && r["file"] == file)
+                .ok_or(format!("no row {subject} {file}"))?;
+            assert!(r["rps"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+            assert!(r["p99_ms"].as_f64().is_some_and(|x| x > 0.0), "{r}");
+            assert_eq!(r["errors"], 0, "{r}");
+            assert!(
+                r["runs"][0]["requests"].as_u64().is_some_and(|n| n > 0),
+                "{r}"
+            );
+        }
+    }
+    // Every box it started is gone.
+    let ps = env.run(&["ps", "-a", "-q"]);
+    assert_eq!(stdout(&ps).trim(), "", "boxes left behind");
+    Ok(())
+}

@@ -107,5 +107,6 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchCommand::Container(args) => super::bench_container::run(args),
         BenchCommand::Boot(args) => super::bench_boot::run(args),
         BenchCommand::Lifecycle(args) => super::bench_lifecycle::run(args),
+        BenchCommand::Web(args) => super::bench_web::run(args),
     }
 }

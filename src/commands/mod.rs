@@ -5,6 +5,7 @@ pub mod bench_boot;
 pub mod bench_container;
 pub mod bench_full;
 pub mod bench_lifecycle;
+pub mod bench_web;
 pub mod boxes;
 pub mod cp;
 pub mod doctor;
