@@ -598,7 +598,21 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
     pty.send(b"stty size\r")?;
     pty.expect("30 100", t)?;
     pty.send(b"sleep 1000\r")?;
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // ^C once sleep runs: sent while the shell still forks, it reaches the
+    // shell, and sleep then runs its 1000 s (slow guests, loaded hosts).
+    let t0 = std::time::Instant::now();
+    while tb(env, k, &["exec", "vmweb", "pidof", "sleep"])
+        .output()?
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "sleep never started in the guest"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     pty.send(b"\x03")?;
     std::thread::sleep(std::time::Duration::from_millis(500));
     pty.send(b"echo status=$?\r")?;
@@ -712,6 +726,94 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    Ok(())
+}
+
+#[test]
+fn a_vm_box_mounts_volumes_and_read_only_holds_on_the_host() -> TestResult {
+    let Some((kernel, env)) = shared()? else {
+        return Ok(());
+    };
+    let k = kernel.as_path();
+    if !Path::new(twinbox_vmm::virtiofsd::DEFAULT_BINARY).exists() {
+        eprintln!(
+            "skipped: no {} on this machine (the nested machine has none)",
+            twinbox_vmm::virtiofsd::DEFAULT_BINARY
+        );
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let (rw, ro) = (dir.path().join("rw"), dir.path().join("ro"));
+    std::fs::create_dir_all(&rw)?;
+    std::fs::create_dir_all(&ro)?;
+    std::fs::write(ro.join("in.txt"), "from the host\n")?;
+    let (rw_spec, ro_spec) = (
+        format!("{}:/data", rw.display()),
+        format!("{}:/ro:ro", ro.display()),
+    );
+    // The guest remounts the read-only share read-write and tries every
+    // kind of write: the host's own mount refuses them.
+    let out = tb(
+        env,
+        k,
+        &[
+            "run",
+            "-v",
+            &rw_spec,
+            "-v",
+            &ro_spec,
+            "-v",
+            "vmvol:/n",
+            "busybox",
+            "sh",
+            "-c",
+            "cat /ro/in.txt; echo written > /data/out.txt; chmod 600 /data/out.txt; \
+             echo kept > /n/x; mount -o remount,rw /ro; echo bad > /ro/in.txt; \
+             touch /ro/new; rm /ro/in.txt; chmod 777 /ro/in.txt; \
+             grep -c virtiofs /proc/mounts",
+        ],
+    )
+    .output()?;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.starts_with("from the host\n"), "{text}");
+    assert!(
+        text.trim_end().ends_with('3'),
+        "three virtiofs mounts: {text}"
+    );
+    assert_eq!(std::fs::read_to_string(rw.join("out.txt"))?, "written\n");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(rw.join("out.txt"))?.permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_to_string(ro.join("in.txt"))?,
+        "from the host\n"
+    );
+    assert_eq!(
+        std::fs::metadata(ro.join("in.txt"))?.permissions().mode() & 0o777,
+        0o644
+    );
+    assert!(
+        !ro.join("new").exists(),
+        "the guest created a file on a read-only share"
+    );
+    // The named volume outlives the box, which is gone, with its servers.
+    let data = env.home().join("volumes/vmvol/_data/x");
+    assert_eq!(std::fs::read_to_string(data)?, "kept\n");
+    assert!(tb_ok(env, k, &["ps", "-a", "-q"])?.is_empty());
+    let servers: Vec<_> = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*ro.to_string_lossy()))
+        })
+        .collect();
+    assert!(servers.is_empty(), "a file server outlived its VM");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    assert!(!mounts.contains(&*ro.to_string_lossy()), "{mounts}");
+    tb_ok(env, k, &["volume", "rm", "vmvol"])?;
     Ok(())
 }
 

@@ -184,9 +184,7 @@ impl Virtiofsd {
 
     fn end(&mut self) -> Option<ExitStatus> {
         let _ = std::fs::remove_file(&self.socket);
-        if self.child.is_none() {
-            return None;
-        }
+        self.child.as_ref()?;
         self.signal_group(libc::SIGTERM);
         let deadline = Instant::now() + STOP_GRACE;
         while Instant::now() < deadline && !self.has_exited() {
