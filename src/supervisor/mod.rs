@@ -400,23 +400,26 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
     if let Some(t) = &main_tty {
         terminal::set_nonblocking(&t.master)?;
     }
-    // The ports are served once the box runs.
-    let target = match &the_box {
-        Box_::Container { running, .. } => match running {
-            Some(r) => {
-                let ns = std::fs::File::open(format!("/proc/{}/ns/net", r.pid()))
-                    .context("opening the box's network namespace")?;
-                ports::Target::Netns(std::sync::Arc::new(ns.into()))
-            }
-            None => anyhow::bail!("the box is gone before it started"),
-        },
-        Box_::Vm { .. } => ports::Target::Vm(uds.clone()),
-    };
+    // The ports are served once the box runs. A container whose first
+    // process has already ended has no network namespace left to enter
+    // (a zombie's /proc/PID/ns are gone): nothing to serve, and no error,
+    // since the box is over anyway (a quick `sh -c 'exit 5'` used to fail
+    // its supervisor here).
     rec.state.ports = listeners.bindings();
     let _port_server = if listeners.is_empty() {
         None
     } else {
-        Some(ports::serve(listeners, target)?)
+        let target = match &the_box {
+            Box_::Container { running, .. } => running
+                .as_ref()
+                .and_then(|r| std::fs::File::open(format!("/proc/{}/ns/net", r.pid())).ok())
+                .map(|ns| ports::Target::Netns(std::sync::Arc::new(ns.into()))),
+            Box_::Vm { .. } => Some(ports::Target::Vm(uds.clone())),
+        };
+        match target {
+            Some(t) => Some(ports::serve(listeners, t)?),
+            None => None,
+        }
     };
     let me = std::process::id() as i32;
     rec.state.status = Status::Running;
