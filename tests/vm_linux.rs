@@ -799,10 +799,11 @@ fn a_vm_box_mounts_volumes_and_read_only_holds_on_the_host() -> TestResult {
         !ro.join("new").exists(),
         "the guest created a file on a read-only share"
     );
-    // The named volume outlives the box, which is gone, with its servers.
+    // The named volume outlives the box, which is gone, with its servers
+    // (`volume rm` below refuses a volume any box still uses; the store is
+    // shared with the other VM tests, so it is not checked for emptiness).
     let data = env.home().join("volumes/vmvol/_data/x");
     assert_eq!(std::fs::read_to_string(data)?, "kept\n");
-    assert!(tb_ok(env, k, &["ps", "-a", "-q"])?.is_empty());
     let servers: Vec<_> = std::fs::read_dir("/proc")?
         .flatten()
         .filter(|e| {
