@@ -181,12 +181,17 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), Error> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Sys("pipe", e))
 }
 
-fn write_byte(fd: RawFd) -> Result<(), Error> {
+/// Wakes the child. `Ok(false)`: it has already ended (its setup failed
+/// before it waited, and its report says why), so there is nobody to wake.
+fn write_byte(fd: RawFd) -> Result<bool, Error> {
     // SAFETY: writes one byte from a literal to our pipe.
     if unsafe { libc::write(fd, b"g".as_ptr().cast(), 1) } != 1 {
-        return Err(Error::Sys("waking the box", Errno::last()));
+        return match Errno::last() {
+            Errno::EPIPE => Ok(false),
+            e => Err(Error::Sys("waking the box", e)),
+        };
     }
-    Ok(())
+    Ok(true)
 }
 
 /// Candidate paths for the program: itself if it holds a '/', else each
@@ -380,18 +385,32 @@ fn start_masked(cfg: &ContainerConfig, old_mask: SigSet) -> Result<Running, Erro
     drop(go_read);
     drop(err_write);
 
+    // A child whose setup failed has ended without waiting for us: then
+    // its report is all that is left to read.
+    let mut alive = true;
     if cfg.user_namespace {
         idmap::write(
             pid.as_raw(),
             nix::unistd::getuid().as_raw(),
             nix::unistd::getgid().as_raw(),
         )?;
-        write_byte(go_write.as_raw_fd())?;
+        alive = write_byte(go_write.as_raw_fd())?;
     }
-    if let Some(cg) = cgroup.as_ref().filter(|cg| cg.needs_add() && !in_cgroup) {
-        cg.add(pid.as_raw())?;
+    // Joining the cgroup fails too when the child has ended: its report
+    // comes first, as the better reason.
+    let mut join = Ok(());
+    if alive {
+        if let Some(cg) = cgroup.as_ref().filter(|cg| cg.needs_add() && !in_cgroup) {
+            join = cg.add(pid.as_raw());
+        }
+        if join.is_ok() {
+            alive = write_byte(go_write.as_raw_fd())?;
+        } else {
+            // Whether or not it still runs, the child is done: what it
+            // reported before, if anything, is read below.
+            let _ = nix::sys::signal::kill(pid, Signal::SIGKILL);
+        }
     }
-    write_byte(go_write.as_raw_fd())?;
 
     // EOF on the error pipe: execve succeeded. Eight bytes: a failure.
     let report = child::read_report(&err_read)
@@ -402,6 +421,10 @@ fn start_masked(cfg: &ContainerConfig, old_mask: SigSet) -> Result<Running, Erro
         guard.0 = None;
         let _ = nix::sys::wait::waitpid(pid, None);
         return Err(report_error(stage, errno, &cfg.argv[0]));
+    }
+    join?;
+    if !alive {
+        return Err(Error::Sys("waking the box", Errno::EPIPE));
     }
 
     // SAFETY: pidfd_open takes a pid and flags, no pointers; a valid

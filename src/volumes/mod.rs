@@ -69,6 +69,7 @@ pub fn for_vm(
     if specs.len() > twinbox_vmm::config::MAX_SHARES {
         return Err(Error::VmTooMany(specs.len()));
     }
+    check_host(specs)?;
     let _lock = make_named(home, specs)?;
     let v = Volumes::open(home)?;
     specs
