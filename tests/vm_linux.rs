@@ -478,77 +478,69 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
     assert!(line.contains(" vm ") && line.contains("Up "), "{line}");
 
     // Published ports: the guest's httpd, from the host, over vsock.
-    // Not under nested SVM: there the guest's httpd never answered
-    // through -p in 120 s (CI, 2026-12-02), which is not understood yet.
-    let box_port_gone = {
-        let line = tb_ok(env, k, &["port", "vmweb", "8000"])?;
-        let (_, p) = line.rsplit_once(':').ok_or("no port")?;
-        p.parse::<u16>()?
+    let port_of = |which: &str| -> Result<u16, Box<dyn std::error::Error>> {
+        let line = tb_ok(env, k, &["port", "vmweb", which])?;
+        let (ip, port) = line.rsplit_once(':').ok_or("no port")?;
+        assert_eq!(ip, "127.0.0.1", "{line}");
+        Ok(port.parse()?)
     };
-    if Where::here() != Where::NestedSvm {
-        let port_of = |which: &str| -> Result<u16, Box<dyn std::error::Error>> {
-            let line = tb_ok(env, k, &["port", "vmweb", which])?;
-            let (ip, port) = line.rsplit_once(':').ok_or("no port")?;
-            assert_eq!(ip, "127.0.0.1", "{line}");
-            Ok(port.parse()?)
-        };
-        let (port, dead) = (port_of("8000")?, port_of("9")?);
+    let (port, dead) = (port_of("8000")?, port_of("9")?);
+    assert!(
+        line.contains(&format!("127.0.0.1:{port}->8000/tcp")),
+        "{line}"
+    );
+    let t0 = std::time::Instant::now();
+    while !http_get(port, "/index.html").is_ok_and(|(s, _)| s.contains("200")) {
         assert!(
-            line.contains(&format!("127.0.0.1:{port}->8000/tcp")),
-            "{line}"
+            t0.elapsed().as_secs() < 120,
+            "the guest's httpd never answered"
         );
-        let t0 = std::time::Instant::now();
-        while !http_get(port, "/index.html").is_ok_and(|(s, _)| s.contains("200")) {
-            assert!(
-                t0.elapsed().as_secs() < 120,
-                "the guest's httpd never answered"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(200));
-        }
-        // (Bytes through the guest kernel are slow on PVM, which emulates
-        // it: about 100-200 KB/s, so one large file, and small ones at once.)
-        assert_eq!(http_get(port, "/mib")?.1, 1 << 20);
-        let clients: Vec<_> = (0..8)
-            .map(|_| {
-                std::thread::spawn(move || -> std::io::Result<usize> {
-                    let mut n = 0;
-                    for _ in 0..2 {
-                        let (s, len) = http_get(port, "/index.html")?;
-                        n += usize::from(s.contains("200") && len == 6);
-                    }
-                    Ok(n)
-                })
-            })
-            .collect();
-        let mut served = 0;
-        for c in clients {
-            served += c.join().map_err(|_| "client panicked")??;
-        }
-        assert_eq!(served, 16, "concurrent requests to the guest");
-        let sup = box_state(env, k, "vmweb")?["supervisor"]
-            .as_i64()
-            .ok_or("supervisor")?;
-        let count =
-            |what: &str| std::fs::read_dir(format!("/proc/{sup}/{what}")).map_or(0, |d| d.count());
-        let (fd0, th0) = (count("fd"), count("task"));
-        for _ in 0..20 {
-            assert!(http_get(port, "/index.html")?.0.contains("200"));
-        }
-        let t0 = std::time::Instant::now();
-        while count("fd") > fd0 || count("task") > th0 {
-            assert!(
-                t0.elapsed().as_secs() < 30,
-                "connections left descriptors or threads"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        // Nobody listens on 9 in the guest: the host connection just closes.
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", dead))?;
-        c.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
-        std::io::Write::write_all(&mut c, b"GET / HTTP/1.0\r\n\r\n")?;
-        let mut nothing = Vec::new();
-        assert!(std::io::Read::read_to_end(&mut c, &mut nothing).is_ok_and(|n| n == 0));
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // (Bytes through the guest kernel are slow on PVM, which emulates
+    // it: about 100-200 KB/s, so one large file, and small ones at once.)
+    assert_eq!(http_get(port, "/mib")?.1, 1 << 20);
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || -> std::io::Result<usize> {
+                let mut n = 0;
+                for _ in 0..2 {
+                    let (s, len) = http_get(port, "/index.html")?;
+                    n += usize::from(s.contains("200") && len == 6);
+                }
+                Ok(n)
+            })
+        })
+        .collect();
+    let mut served = 0;
+    for c in clients {
+        served += c.join().map_err(|_| "client panicked")??;
+    }
+    assert_eq!(served, 16, "concurrent requests to the guest");
+    let sup = box_state(env, k, "vmweb")?["supervisor"]
+        .as_i64()
+        .ok_or("supervisor")?;
+    let count =
+        |what: &str| std::fs::read_dir(format!("/proc/{sup}/{what}")).map_or(0, |d| d.count());
+    let (fd0, th0) = (count("fd"), count("task"));
+    for _ in 0..20 {
+        assert!(http_get(port, "/index.html")?.0.contains("200"));
+    }
+    let t0 = std::time::Instant::now();
+    while count("fd") > fd0 || count("task") > th0 {
+        assert!(
+            t0.elapsed().as_secs() < 30,
+            "connections left descriptors or threads"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Nobody listens on 9 in the guest: the host connection just closes.
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", dead))?;
+    c.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+    std::io::Write::write_all(&mut c, b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut nothing = Vec::new();
+    assert!(std::io::Read::read_to_end(&mut c, &mut nothing).is_ok_and(|n| n == 0));
+
     // exec: in the guest (its own kernel), status, both streams, env, cwd.
     let out = tb(
         env,
@@ -686,8 +678,6 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
     assert!(tb_ok(env, k, &["logs", "vmweb"])?.contains("up"));
     assert_eq!(tb_ok(env, k, &["stop", "vmweb"])?, "vmweb");
     assert_eq!(tb_ok(env, k, &["wait", "vmweb"])?, "143");
-    // The published port went with the box.
-    let port = box_port_gone;
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     assert!(tb_ok(env, k, &["logs", "vmweb"])?.contains("up"));
 
