@@ -897,7 +897,14 @@ fn a_restored_vm_does_everything_a_booted_one_does_and_clones_share_nothing() ->
     let after = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let guest: u64 = stdout(&out).trim().parse()?;
+    let guest: u64 = stdout(&out).trim().parse().map_err(|e| {
+        format!(
+            "date +%s in the guest: {e}: exit {}, stdout {:?}, stderr {:?}",
+            code(&out),
+            stdout(&out),
+            stderr(&out)
+        )
+    })?;
     assert!(
         guest + 2 >= before && guest <= after + 2,
         "guest clock {guest}, host {before}..{after}"
