@@ -218,7 +218,14 @@ fn run(cli: &Cli) -> Result<u8> {
             no_pivot,
             id,
             ..
-        } => create(root, bundle, pid_file.as_deref(), console_socket, *no_pivot, id),
+        } => create(
+            root,
+            bundle,
+            pid_file.as_deref(),
+            console_socket,
+            *no_pivot,
+            id,
+        ),
         Cmd::Start { id } => start(root, id),
         Cmd::State { id } => {
             let (dir, s) = state::load(root, id)?;
@@ -246,7 +253,9 @@ fn run(cli: &Cli) -> Result<u8> {
                         "cwd": cwd.clone().unwrap_or_else(|| "/".into()),
                     });
                     if env.is_empty() {
-                        v["env"] = serde_json::json!(["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]);
+                        v["env"] = serde_json::json!([
+                            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                        ]);
                     }
                     serde_json::from_value(v)?
                 }
@@ -318,8 +327,8 @@ fn create(
     no_pivot: bool,
     id: &str,
 ) -> Result<u8> {
-    let bundle = std::fs::canonicalize(bundle)
-        .with_context(|| format!("bundle {}", bundle.display()))?;
+    let bundle =
+        std::fs::canonicalize(bundle).with_context(|| format!("bundle {}", bundle.display()))?;
     let spec = spec::load(&bundle)?;
     let dir = state::make(root, id)?;
     let made = (|| -> Result<State> {
@@ -411,7 +420,9 @@ fn run_hook(h: &spec::Hook, st: &serde_json::Value) -> Result<()> {
     c.stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().with_context(|| format!("running hook {}", h.path))?;
+    let mut child = c
+        .spawn()
+        .with_context(|| format!("running hook {}", h.path))?;
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(st.to_string().as_bytes());
     }
@@ -482,7 +493,9 @@ fn kill(root: &Path, id: &str, signal: Option<&str>, all: bool) -> Result<u8> {
     let targets = if all { pids(&s) } else { vec![s.pid] };
     for p in targets {
         // SAFETY: kill takes integers only.
-        if unsafe { libc::kill(p, sig) } != 0 && nix::errno::Errno::last() != nix::errno::Errno::ESRCH {
+        if unsafe { libc::kill(p, sig) } != 0
+            && nix::errno::Errno::last() != nix::errno::Errno::ESRCH
+        {
             bail!("kill {p}: {}", nix::errno::Errno::last().desc());
         }
     }
@@ -501,7 +514,10 @@ fn delete(root: &Path, id: &str, force: bool) -> Result<u8> {
     };
     let status = state::status(&dir, &s);
     if status == Status::Running && !force {
-        bail!("cannot delete container {id} that is not stopped: {}", status.as_str());
+        bail!(
+            "cannot delete container {id} that is not stopped: {}",
+            status.as_str()
+        );
     }
     destroy(&s);
     if let Ok(spec) = spec::load(&s.bundle) {
@@ -564,7 +580,10 @@ fn exec(
             if nix::errno::Errno::last() == nix::errno::Errno::EINTR {
                 continue;
             }
-            bail!("waiting for the process: {}", nix::errno::Errno::last().desc());
+            bail!(
+                "waiting for the process: {}",
+                nix::errno::Errno::last().desc()
+            );
         }
         if r == pid {
             let code = if libc::WIFSIGNALED(status) {
@@ -614,15 +633,47 @@ fn features() -> serde_json::Value {
 fn cap_name(n: u32) -> Option<String> {
     // The inverse of caps::number, over the names it knows.
     const ALL: [&str; 41] = [
-        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
-        "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
-        "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
-        "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
-        "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-        "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-        "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
-        "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
-        "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
     ];
     ALL.get(n as usize)
         .filter(|name| twinbox_container::caps::number(name) == Some(n))
@@ -646,7 +697,10 @@ mod tests {
     #[test]
     fn features_name_every_capability() {
         let f = features();
-        assert_eq!(f["linux"]["capabilities"].as_array().map(Vec::len), Some(41));
+        assert_eq!(
+            f["linux"]["capabilities"].as_array().map(Vec::len),
+            Some(41)
+        );
         assert_eq!(f["linux"]["cgroup"]["systemd"], false);
     }
 }

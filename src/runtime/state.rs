@@ -200,7 +200,9 @@ mod tests {
 
     #[test]
     fn ids_are_names_not_paths() {
-        assert!(check_id("17653ed58189ee24a4ebd151b7833a73f26fbd86ccf1822751e41cc03043f2e6").is_ok());
+        assert!(
+            check_id("17653ed58189ee24a4ebd151b7833a73f26fbd86ccf1822751e41cc03043f2e6").is_ok()
+        );
         assert!(check_id("a_b+c-d.e").is_ok());
         for bad in ["", ".", "..", "a/b", "a b", "../x"] {
             assert!(check_id(bad).is_err(), "{bad:?}");

@@ -93,7 +93,10 @@ fn under(mount: &Path, path: &str, own: &str) -> PathBuf {
         format!("{}/{path}", own.trim_end_matches('/'))
     };
     let mut p = mount.to_path_buf();
-    for part in rel.split('/').filter(|s| !s.is_empty() && *s != "." && *s != "..") {
+    for part in rel
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != "." && *s != "..")
+    {
         p.push(part);
     }
     p
@@ -214,7 +217,8 @@ pub fn plan(
                 }],
             })
         }
-        Layout::V1 { controllers } | Layout::Hybrid {
+        Layout::V1 { controllers }
+        | Layout::Hybrid {
             v1: controllers, ..
         } => {
             let mut dirs: Vec<Dir> = Vec::new();
@@ -242,7 +246,9 @@ pub fn plan(
                 }
             }
             if dirs.is_empty() {
-                return Err(Error::Unavailable("no cgroup v1 hierarchy is mounted".into()));
+                return Err(Error::Unavailable(
+                    "no cgroup v1 hierarchy is mounted".into(),
+                ));
             }
             Ok(Plan { version: 1, dirs })
         }
@@ -329,8 +335,13 @@ mod tests {
         assert_eq!(mem.path, PathBuf::from("/sys/fs/cgroup/memory/docker/abc"));
         assert_eq!(mem.writes[0].value, (64u64 << 20).to_string());
         assert_eq!(mem.writes[1].file, "memory.memsw.limit_in_bytes");
-        let dev = p.dirs.iter().find(|d| d.path.ends_with("devices/docker/abc"));
-        let lines: Vec<_> = dev.map(|d| d.writes.iter().map(|w| (w.file, w.value.clone())).collect()).unwrap_or_default();
+        let dev = p
+            .dirs
+            .iter()
+            .find(|d| d.path.ends_with("devices/docker/abc"));
+        let lines: Vec<_> = dev
+            .map(|d| d.writes.iter().map(|w| (w.file, w.value.clone())).collect())
+            .unwrap_or_default();
         assert_eq!(
             lines,
             vec![
@@ -348,8 +359,20 @@ mod tests {
             mount: "/sys/fs/cgroup".into(),
             controllers: vec![],
         };
-        let p = plan(&v2, "/a", &Resources { devices: vec![], ..r }, &|_| "/".into())?;
-        let files: Vec<_> = p.dirs[0].writes.iter().map(|w| (w.file, w.value.as_str())).collect();
+        let p = plan(
+            &v2,
+            "/a",
+            &Resources {
+                devices: vec![],
+                ..r
+            },
+            &|_| "/".into(),
+        )?;
+        let files: Vec<_> = p.dirs[0]
+            .writes
+            .iter()
+            .map(|w| (w.file, w.value.as_str()))
+            .collect();
         assert!(files.contains(&("memory.swap.max", "67108864")));
         assert!(files.contains(&("cpu.max", "50000 100000")));
         assert!(files.contains(&("cpu.weight", "20")));

@@ -194,8 +194,11 @@ fn default_devices(root: &OwnedFd, d: &DevNames) -> Result<(), Errno> {
     let dev = nix::fcntl::openat2(
         root.as_fd(),
         c"dev",
-        crate::binds::in_root()
-            .flags(nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC),
+        crate::binds::in_root().flags(
+            nix::fcntl::OFlag::O_PATH
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+        ),
     )?;
     let rw = nix::sys::stat::Mode::from_bits_truncate(0o666);
     for (name, major, minor) in &d.nodes {
@@ -291,8 +294,14 @@ fn before_ready(p: &Plan) -> Result<Never, (Stage, Errno)> {
     // The root, made a mount of its own, and everything in it.
     let none = None::<&std::ffi::CStr>;
     let root_err = |e| (Stage::Root, e);
-    nix::mount::mount(none, c"/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)
-        .map_err(root_err)?;
+    nix::mount::mount(
+        none,
+        c"/",
+        none,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        none,
+    )
+    .map_err(root_err)?;
     nix::mount::mount(
         Some(p.root.as_c_str()),
         p.root.as_c_str(),

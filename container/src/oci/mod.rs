@@ -250,8 +250,11 @@ pub fn create(b: &Bundle) -> Result<Created, Error> {
     let dirs: Vec<PathBuf> = cgroup.dirs().map(Path::to_path_buf).collect();
 
     // The exec fifo.
-    nix::unistd::mkfifo(&b.exec_fifo, nix::sys::stat::Mode::from_bits_truncate(0o622))
-        .map_err(|e| Error::Sys("making the exec fifo", e))?;
+    nix::unistd::mkfifo(
+        &b.exec_fifo,
+        nix::sys::stat::Mode::from_bits_truncate(0o622),
+    )
+    .map_err(|e| Error::Sys("making the exec fifo", e))?;
     let mut fifo = Fifo(b.exec_fifo.clone(), false);
     nix::sys::stat::fchmodat(
         nix::fcntl::AT_FDCWD,
@@ -260,7 +263,11 @@ pub fn create(b: &Bundle) -> Result<Created, Error> {
         nix::sys::stat::FchmodatFlags::FollowSymlink,
     )
     .map_err(|e| Error::Sys("making the exec fifo", e))?;
-    let fifo_fd = open_path(&b.exec_fifo, nix::fcntl::OFlag::O_PATH, "opening the exec fifo")?;
+    let fifo_fd = open_path(
+        &b.exec_fifo,
+        nix::fcntl::OFlag::O_PATH,
+        "opening the exec fifo",
+    )?;
 
     // Namespaces joined by path, opened here (the child only calls setns).
     let mut join_fds: Vec<(OwnedFd, CloneFlags)> = Vec::new();

@@ -135,9 +135,8 @@ pub(crate) fn plan(
                         Step::Bind {
                             source: c(&m.source),
                             recursive: *recursive,
-                            remount: (!extra.is_empty()).then_some(
-                                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
-                            ),
+                            remount: (!extra.is_empty())
+                                .then_some(MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra),
                         },
                     )
                 }
@@ -226,13 +225,29 @@ fn apply_one(root: &OwnedFd, m: &Planned) -> Result<(), Errno> {
             source,
             fstype,
             data,
-        } => mount_at(Some(source), &target, Some(fstype), m.flags, data.as_deref())?,
+        } => mount_at(
+            Some(source),
+            &target,
+            Some(fstype),
+            m.flags,
+            data.as_deref(),
+        )?,
         Step::CgroupV1 { subdirs } => {
             let rw = m.flags & !MsFlags::MS_RDONLY;
-            mount_at(Some(c"tmpfs"), &target, Some(c"tmpfs"), rw, Some(c"mode=755"))?;
+            mount_at(
+                Some(c"tmpfs"),
+                &target,
+                Some(c"tmpfs"),
+                rw,
+                Some(c"mode=755"),
+            )?;
             let top = resolve_path(root, &m.at.prefixes, &m.at.names, false)?;
             for (name, host) in subdirs {
-                mkdirat(top.as_fd(), name.as_c_str(), Mode::from_bits_truncate(0o755))?;
+                mkdirat(
+                    top.as_fd(),
+                    name.as_c_str(),
+                    Mode::from_bits_truncate(0o755),
+                )?;
                 let sub = openat(
                     top.as_fd(),
                     name.as_c_str(),
@@ -294,7 +309,13 @@ pub(crate) fn mask(root: &OwnedFd, masked: &[BoxPath], readonly: &[BoxPath]) -> 
         };
         let mut buf = [0u8; 32];
         let at = proc_fd_path(fd.as_raw_fd(), &mut buf);
-        mount(Some(at), at, none(), MsFlags::MS_BIND | MsFlags::MS_REC, none())?;
+        mount(
+            Some(at),
+            at,
+            none(),
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            none(),
+        )?;
         let Some(top) = existing(root, p)? else {
             continue;
         };
@@ -362,7 +383,12 @@ mod tests {
         };
         let p = plan(
             &[
-                m("/proc", MountKind::Fs("proc".into()), "proc", MsFlags::MS_NOSUID),
+                m(
+                    "/proc",
+                    MountKind::Fs("proc".into()),
+                    "proc",
+                    MsFlags::MS_NOSUID,
+                ),
                 m(
                     "/etc/hosts",
                     MountKind::Bind { recursive: true },
@@ -375,7 +401,12 @@ mod tests {
                     "/tmp",
                     MsFlags::MS_RDONLY,
                 ),
-                m("/sys/fs/cgroup", MountKind::Cgroup, "cgroup", MsFlags::MS_RDONLY),
+                m(
+                    "/sys/fs/cgroup",
+                    MountKind::Cgroup,
+                    "cgroup",
+                    MsFlags::MS_RDONLY,
+                ),
             ],
             &[("memory".into(), "/sys/fs/cgroup/memory/docker/x".into())],
             false,
@@ -383,7 +414,12 @@ mod tests {
         assert_eq!(p[0].at.prefixes[0].to_str(), Ok("proc"));
         assert!(matches!(p[1].step, Step::Bind { remount: None, .. }));
         assert!(p[1].file, "a file source makes a file target");
-        let Step::Bind { remount: Some(r), recursive, .. } = p[2].step else {
+        let Step::Bind {
+            remount: Some(r),
+            recursive,
+            ..
+        } = p[2].step
+        else {
             panic!("a read-only bind remounts");
         };
         assert!(r.contains(MsFlags::MS_RDONLY | MsFlags::MS_REMOUNT) && !recursive);
@@ -393,7 +429,11 @@ mod tests {
         };
         assert_eq!(subdirs[0].0.to_str(), Ok("memory"));
         assert_eq!(
-            p[3].at.prefixes.iter().map(|p| p.to_str().unwrap_or("")).collect::<Vec<_>>(),
+            p[3].at
+                .prefixes
+                .iter()
+                .map(|p| p.to_str().unwrap_or(""))
+                .collect::<Vec<_>>(),
             vec!["sys", "sys/fs", "sys/fs/cgroup"]
         );
     }

@@ -339,13 +339,31 @@ mod tests {
         assert_eq!(eval(&p, AUDIT_ARCH_X86_64, 0, [0; 6]), ALLOW);
         assert_eq!(eval(&p, AUDIT_ARCH_X86_64, 435, [0; 6]), 0x0005_0026);
         assert_eq!(eval(&p, AUDIT_ARCH_X86_64, 1, [0; 6]), EPERM);
-        assert_eq!(eval(&p, 0x4000_0003, 0, [0; 6]), EPERM, "i386 gets the default");
-        assert_eq!(eval(&p, AUDIT_ARCH_X86_64, 0x4000_0000, [0; 6]), EPERM, "x32");
+        assert_eq!(
+            eval(&p, 0x4000_0003, 0, [0; 6]),
+            EPERM,
+            "i386 gets the default"
+        );
+        assert_eq!(
+            eval(&p, AUDIT_ARCH_X86_64, 0x4000_0000, [0; 6]),
+            EPERM,
+            "x32"
+        );
     }
 
     #[test]
     fn compares_64_bit_arguments() {
-        let values = [0u64, 1, 7, 8, 9, 0xffff_ffff, 0x1_0000_0000, 0x1_0000_0008, u64::MAX];
+        let values = [
+            0u64,
+            1,
+            7,
+            8,
+            9,
+            0xffff_ffff,
+            0x1_0000_0000,
+            0x1_0000_0008,
+            u64::MAX,
+        ];
         let ops = [
             (Op::Eq, (|a, v| a == v) as fn(u64, u64) -> bool),
             (Op::Ne, |a, v| a != v),
@@ -358,7 +376,11 @@ mod tests {
             for &v in &values {
                 let p = filter(vec![Rule {
                     nr: 135,
-                    args: vec![ArgCmp { index: 2, value: v, op }],
+                    args: vec![ArgCmp {
+                        index: 2,
+                        value: v,
+                        op,
+                    }],
                     action: Action::Allow,
                 }]);
                 for &a in &values {
