@@ -492,11 +492,10 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
     // The box writes its files (1 MiB with dd) before httpd listens: on
     // a loaded PVM host that alone took over 120 s once (CI, 2026-12-02).
     let t0 = std::time::Instant::now();
-    let mut last = None;
     loop {
-        match http_get(port, "/index.html") {
-            Ok((s, _)) if s.contains("200") => break,
-            r => last = Some(format!("{r:?}")),
+        let last = http_get(port, "/index.html");
+        if last.as_ref().is_ok_and(|(s, _)| s.contains("200")) {
+            break;
         }
         if t0.elapsed().as_secs() > 300 {
             let logs = tb(env, k, &["logs", "vmweb"]).output()?;
