@@ -7,12 +7,16 @@
 //! connection a guest TCP port's stream ([`forward`]).
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use crate::copy::{self, At, Sink, StreamSink};
 use crate::frame::{self, Frame, HEADER_LEN, MAX_PAYLOAD, VERSION};
 use crate::message::{self, Exec, Message, MessageDecoder};
+use crate::tree::Limits;
+use crate::MAIN_ID;
 
 /// Longest reply line to `CONNECT`.
 const MAX_CONNECT_REPLY: usize = 64;
@@ -266,6 +270,85 @@ impl<S: Read + Write> Client<S> {
         others.append(&mut self.queued);
         self.queued = others;
         result
+    }
+
+    /// Copies the tree at guest `path` into `sink` (`CopyOut`; `contents`:
+    /// the path ended in `/.`). Everything the agent sends is checked
+    /// against the tree's shape and `limits` before `sink` sees it;
+    /// `src_path` names the source in messages. A connection of its own:
+    /// nothing else may run on it.
+    pub fn copy_out(
+        &mut self,
+        path: &str,
+        contents: bool,
+        sink: &mut dyn Sink,
+        src_path: &Path,
+        limits: Limits,
+    ) -> Result<(), copy::Error> {
+        self.sender().send(&Message::CopyOut {
+            contents,
+            path: path.to_owned(),
+        })?;
+        let mut next = || self.copy_message();
+        copy::receive(&mut next, limits, sink, src_path).map_err(copy::Error::or_stalled)
+    }
+
+    /// Copies the host's tree at `src` (named `src_path`) to guest `path`
+    /// (`CopyIn`, placed as `docker cp` places it; `contents`: the source
+    /// ended in `/.`), its top entry named `top_name`. Returns once the
+    /// agent has written it all. A connection of its own.
+    pub fn copy_in(
+        &mut self,
+        path: &str,
+        contents: bool,
+        src: &At<'_>,
+        src_path: &Path,
+        top_name: &OsStr,
+    ) -> Result<(), copy::Error> {
+        self.sender().send(&Message::CopyIn {
+            contents,
+            path: path.to_owned(),
+        })?;
+        match self.copy_message()? {
+            Message::CopyReady => {}
+            m => return Err(Error::Unexpected(Box::new(m)).into()),
+        }
+        let sent = {
+            let mut sink = StreamSink::new(&mut self.stream, Some(top_name), true);
+            copy::walk(src, src_path, &mut sink).and_then(|()| sink.finish().map(|_| ()))
+        };
+        match sent {
+            Ok(()) => {}
+            Err(copy::Error::Send(e)) => {
+                // The agent stopped taking the tree: its reason, if it gave one.
+                return Err(match self.copy_message() {
+                    Err(peer @ copy::Error::Peer(_)) => peer,
+                    _ => copy::Error::Send(e).or_stalled(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        match self.copy_message().map_err(copy::Error::or_stalled)? {
+            Message::CopyEnd => Ok(()),
+            m => Err(Error::Unexpected(Box::new(m)).into()),
+        }
+    }
+
+    /// The next message of a copy: the agent's refusal as the error, the
+    /// main workload's `Started` skipped.
+    fn copy_message(&mut self) -> Result<Message, copy::Error> {
+        loop {
+            match self.recv()? {
+                Message::Started { id: MAIN_ID, .. } => {}
+                Message::Failed { message, .. } => return Err(copy::Error::Peer(message)),
+                Message::Exited { id: MAIN_ID, code } => {
+                    return Err(copy::Error::Peer(format!(
+                        "the box's main process ended ({code}) during the copy"
+                    )))
+                }
+                m => return Ok(m),
+            }
+        }
     }
 
     /// The stream, and nothing of what was read but not yet taken.

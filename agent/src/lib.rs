@@ -66,9 +66,11 @@
 //! listens there) and closes. [`client::forward`] is the host's side.
 
 pub mod client;
+pub mod copy;
 pub mod frame;
 pub mod message;
 pub mod relay;
+pub mod tree;
 
 pub use frame::{Decoder, Frame, Kind, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
 pub use message::{Exec, Message};
