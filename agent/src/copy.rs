@@ -902,5 +902,112 @@ impl Read for DataIn<'_> {
     }
 }
 
+/// Decodes `data`, fed `step` bytes at a time, as the messages of a
+/// copy's stream and [`receive`]s them into `sink`: the receiving side of a
+/// copy as a hostile peer meets it (the fuzz target `agent_tree`).
+pub fn receive_bytes(
+    data: &[u8],
+    step: usize,
+    limits: Limits,
+    sink: &mut dyn Sink,
+) -> Result<(), Error> {
+    let mut decoder = message::MessageDecoder::new();
+    let mut pieces = data.chunks(step.max(1));
+    let mut piece: &[u8] = &[];
+    let mut next = || loop {
+        if let Some(m) = decoder.next_message()? {
+            return Ok(m);
+        }
+        if piece.is_empty() {
+            piece = pieces
+                .next()
+                .ok_or_else(|| Error::Receive(std::io::ErrorKind::UnexpectedEof.into()))?;
+        }
+        let took = decoder.feed(piece);
+        piece = &piece[took..];
+    };
+    receive(&mut next, limits, sink, Path::new("fuzz"))
+}
+
+/// A sink that writes nothing and checks what [`receive`] gives it
+/// against what a receiver promises: directories entered and left in
+/// pairs, never more than [`MAX_DEPTH`] open; every file exactly its
+/// announced size; entries and bytes within the limits. A broken promise
+/// panics (it is for the fuzz target and its corpus test).
+#[derive(Debug)]
+pub struct CheckSink {
+    limits: Limits,
+    /// Directories open now.
+    pub depth: usize,
+    /// Entries given.
+    pub entries: u64,
+    /// File bytes given.
+    pub bytes: u64,
+}
+
+impl CheckSink {
+    /// A checker for a copy with `limits`.
+    pub fn new(limits: Limits) -> Self {
+        CheckSink {
+            limits,
+            depth: 0,
+            entries: 0,
+            bytes: 0,
+        }
+    }
+
+    fn count(&mut self, name: &OsStr) {
+        assert!(message::is_file_name(name.as_bytes()), "{name:?}");
+        self.entries += 1;
+        assert!(self.entries <= self.limits.entries);
+    }
+}
+
+impl Sink for CheckSink {
+    fn file(
+        &mut self,
+        name: &OsStr,
+        _meta: &Meta,
+        size: u64,
+        input: &mut dyn Read,
+        src: &Path,
+    ) -> Result<(), Error> {
+        self.count(name);
+        let n = std::io::copy(input, &mut std::io::sink()).map_err(|source| Error::Io {
+            path: src.to_path_buf(),
+            source,
+        })?;
+        assert_eq!(n, size, "a file given other than its announced size");
+        self.bytes += n;
+        assert!(self.bytes <= self.limits.bytes);
+        Ok(())
+    }
+
+    fn symlink(&mut self, name: &OsStr, target: &OsStr, _meta: &Meta) -> Result<(), Error> {
+        self.count(name);
+        assert!(!target.is_empty() && !target.as_bytes().contains(&0));
+        Ok(())
+    }
+
+    fn enter(&mut self, name: &OsStr, _meta: &Meta) -> Result<(), Error> {
+        self.count(name);
+        self.depth += 1;
+        assert!(self.depth <= MAX_DEPTH);
+        Ok(())
+    }
+
+    fn leave(&mut self) -> Result<(), Error> {
+        assert!(self.depth > 0, "left a directory never entered");
+        self.depth -= 1;
+        Ok(())
+    }
+
+    fn skipped(&mut self, name: &OsStr, _src: &Path, kind: u32) -> Result<(), Error> {
+        self.count(name);
+        assert!(kind & !libc::S_IFMT == 0);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests;
