@@ -495,6 +495,122 @@ mod tests {
         Ok(())
     }
 
+    /// A stand-in guest on `guest` that greets, then sends `msgs`, then
+    /// holds the connection open until the host is done.
+    fn fake_guest(mut guest: UnixStream, msgs: Vec<Message>) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut out = Message::Hello { version: 1 }.encode().unwrap_or_default();
+            let _ = Message::Started { id: 0, pid: 1 }.encode_into(&mut out);
+            for m in &msgs {
+                let _ = m.encode_into(&mut out);
+            }
+            let _ = guest.write_all(&out);
+            let mut sink = Vec::new();
+            let _ = guest.read_to_end(&mut sink);
+        })
+    }
+
+    #[test]
+    fn a_hostile_guest_copy_meets_the_checks_and_the_timeout(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use crate::copy::{FsSink, Policy};
+        use crate::message::{Entry, EntryKind, Time};
+        use std::os::fd::AsFd;
+        let d = tempfile::tempdir()?;
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside)?;
+        let top = nix::fcntl::open(
+            d.path(),
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        let policy = Policy {
+            owner: None,
+            mode_mask: 0o1777,
+        };
+        let ent = |kind, name: &[u8], size, target: &[u8]| {
+            Message::Entry(Entry {
+                kind,
+                mode: 0o4755,
+                atime: Time::default(),
+                mtime: Time::default(),
+                size,
+                name: name.to_vec(),
+                target: target.to_vec(),
+            })
+        };
+        let copy = |at: &str, msgs: Vec<Message>| -> Result<(), copy::Error> {
+            let (host, guest) = UnixStream::pair().map_err(copy::Error::Receive)?;
+            host.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+                .map_err(copy::Error::Receive)?;
+            let t = fake_guest(guest, msgs);
+            let mut c = Client::hello(host)?;
+            let mut sink = FsSink::new(
+                &At {
+                    dir: top.as_fd(),
+                    name: OsStr::new(at),
+                },
+                &d.path().join(at),
+                policy,
+            );
+            let r = c.copy_out(
+                "/x",
+                false,
+                &mut sink,
+                Path::new("box:/x"),
+                Limits::default(),
+            );
+            drop(c);
+            let _ = t.join();
+            r
+        };
+        // A symlink out and a directory through it: refused, nothing
+        // written outside; the set-uid file kept without its bit.
+        let r = copy(
+            "got",
+            vec![
+                ent(EntryKind::Dir, b"x", 0, b""),
+                ent(EntryKind::File, b"suid", 1, b""),
+                Message::Data {
+                    data: b"s".to_vec(),
+                },
+                ent(
+                    EntryKind::Symlink,
+                    b"esc",
+                    0,
+                    outside.to_string_lossy().as_bytes(),
+                ),
+                ent(EntryKind::Dir, b"esc", 0, b""),
+            ],
+        );
+        assert!(matches!(r, Err(copy::Error::Mismatch(..))), "{r:?}");
+        assert_eq!(std::fs::read_dir(&outside)?.count(), 0);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.path().join("got/suid"))?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        // A guest that stops sending: the timeout, said as such.
+        let r = copy("stalled", vec![ent(EntryKind::File, b"x", 10, b"")]);
+        assert!(matches!(r, Err(copy::Error::Stalled)), "{r:?}");
+        // Its refusal is its reason, and an announced size over the limit
+        // is refused before the data.
+        let r = copy(
+            "refused",
+            vec![Message::Failed {
+                id: 0,
+                message: "/x: no such file or directory".into(),
+            }],
+        );
+        assert!(
+            matches!(&r, Err(copy::Error::Peer(m)) if m.ends_with("no such file or directory"))
+        );
+        let r = copy("huge", vec![ent(EntryKind::File, b"x", u64::MAX, b"")]);
+        assert!(matches!(r, Err(copy::Error::Stream { .. })), "{r:?}");
+        assert!(!d.path().join("huge").exists() && !d.path().join("refused").exists());
+        Ok(())
+    }
+
     #[test]
     fn hello_refuses_another_version() -> Result<(), Box<dyn std::error::Error>> {
         let (a, mut b) = UnixStream::pair()?;
