@@ -48,11 +48,14 @@ const IDLE: Duration = if cfg!(test) {
 /// (at most `MAX_DEPTH`), its buffers are on the heap.
 const STACK: usize = 1024 * 1024;
 
-/// What is written into the guest: root's, every mode bit kept.
-const INTO_GUEST: Policy = Policy {
-    owner: Some((0, 0)),
-    mode_mask: 0o7777,
-};
+/// What is written into the guest: root's (the agent is root; in the
+/// tests perhaps not, then the writer's), every mode bit kept.
+fn into_guest() -> Policy {
+    Policy {
+        owner: nix::unistd::geteuid().is_root().then_some((0, 0)),
+        mode_mask: 0o7777,
+    }
+}
 
 /// Longest reason sent back in `Failed`.
 const MAX_REASON: usize = 8 * 1024;
@@ -348,9 +351,9 @@ fn copy_in(
                 name: n,
             },
             &shown,
-            INTO_GUEST,
+            into_guest(),
         ),
-        None => FsSink::into_dir(dir.as_fd(), &shown, INTO_GUEST),
+        None => FsSink::into_dir(dir.as_fd(), &shown, into_guest()),
     };
     let mut next = || incoming.next();
     copy::receive(&mut next, Limits::default(), &mut sink, &shown)?;
