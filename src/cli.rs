@@ -114,10 +114,10 @@ pub enum Command {
     /// Manage named volumes.
     #[command(subcommand)]
     Volume(VolumeCommand),
-    /// Copy files between a running container box and the host:
+    /// Copy files between a running box (container or VM) and the host:
     /// `cp BOX:PATH HOST_PATH` or `cp HOST_PATH BOX:PATH` (files and
-    /// directories, modes and times kept; box paths resolved inside the
-    /// box).
+    /// directories, `SRC/.` for a directory's contents, modes and times
+    /// kept; box paths resolved inside the box).
     Cp {
         /// The source: BOX:PATH or a host path.
         src: String,

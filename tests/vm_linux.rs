@@ -686,6 +686,9 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
     )?;
     assert_eq!(tb_ok(env, k, &["wait", "vmquick"])?, "0");
 
+    // cp both ways, through the guest agent.
+    vm_cp(env, k, "vmweb")?;
+
     // logs: the console, kept after the exit; stop: SIGTERM to httpd,
     // and the published ports go with the box.
     assert!(tb_ok(env, k, &["logs", "vmweb"])?.contains("up"));
@@ -693,6 +696,21 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
     assert_eq!(tb_ok(env, k, &["wait", "vmweb"])?, "143");
     assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     assert!(tb_ok(env, k, &["logs", "vmweb"])?.contains("up"));
+    // A stopped VM box's files went with its guest's tmpfs.
+    let dead = env.path().join("from-a-stopped-box");
+    let out = tb(
+        env,
+        k,
+        &["cp", "vmweb:/tmp/w/index.html", &dead.to_string_lossy()],
+    )
+    .output()?;
+    assert_eq!(code(&out), 125);
+    assert!(
+        stderr(&out).contains("not running") && stderr(&out).contains("inside its guest"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dead.exists());
 
     // kill: SIGKILL destroys the VM at once.
     tb_ok(
@@ -739,6 +757,153 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
         .map(|e| e.path())
         .collect();
     assert!(left.is_empty(), "{left:?}");
+    Ok(())
+}
+
+/// `twinbox cp` with running VM box `name` (busybox): a tree out of the
+/// guest and one into it, at a new name, into an existing directory and
+/// as `SRC/.` contents, with modes and mtimes, a symlink kept as one, a
+/// FIFO skipped, set-id dropped on the host; 1 MiB each way, timed; and
+/// refusals (a FIFO, a device, `..`, a missing path) that write nothing.
+fn vm_cp(env: &Env, k: &Path, name: &str) -> TestResult {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let work = tempfile::tempdir_in(env.path())?;
+    let w = |p: &str| work.path().join(p).to_string_lossy().into_owned();
+    let bx = |p: &str| format!("{name}:{p}");
+    tb_ok(
+        env,
+        k,
+        &[
+            "exec",
+            name,
+            "sh",
+            "-c",
+            "mkdir -p /srv/t/d && echo deep > /srv/t/d/f && chmod 0604 /srv/t/d/f \
+             && chmod 0711 /srv/t/d && ln -s /etc/passwd /srv/t/l && mkfifo /srv/t/p \
+             && echo s > /srv/t/suid && chmod 4755 /srv/t/suid && mkdir /tmp/merged",
+        ],
+    )?;
+    let guest_mtime: i64 =
+        tb_ok(env, k, &["exec", name, "stat", "-c", "%Y", "/srv/t/d/f"])?.parse()?;
+
+    // Out, to a new name: the tree, modes and times, the symlink, no FIFO,
+    // no set-uid bit on the host.
+    let out = tb(env, k, &["cp", &bx("/srv/t"), &w("out")]).output()?;
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("skipping vmweb:/srv/t/p (a FIFO)"),
+        "{}",
+        stderr(&out)
+    );
+    let got = work.path().join("out");
+    assert_eq!(std::fs::read_to_string(got.join("d/f"))?, "deep\n");
+    let m = std::fs::metadata(got.join("d/f"))?;
+    assert_eq!((m.mode() & 0o7777, m.mtime()), (0o604, guest_mtime));
+    assert_eq!(std::fs::metadata(got.join("d"))?.mode() & 0o7777, 0o711);
+    assert_eq!(std::fs::read_link(got.join("l"))?, Path::new("/etc/passwd"));
+    assert!(std::fs::symlink_metadata(got.join("p")).is_err());
+    assert_eq!(std::fs::metadata(got.join("suid"))?.mode() & 0o7777, 0o755);
+    // Into an existing directory: under its name; with /. its contents.
+    std::fs::create_dir(work.path().join("into"))?;
+    tb_ok(env, k, &["cp", &bx("/srv/t"), &w("into")])?;
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("into/t/d/f"))?,
+        "deep\n"
+    );
+    tb_ok(env, k, &["cp", &bx("/srv/t/."), &w("into")])?;
+    assert_eq!(
+        std::fs::read_to_string(work.path().join("into/d/f"))?,
+        "deep\n"
+    );
+
+    // In: a tree into an existing directory, a file to a new name, a
+    // directory's contents into one; modes, mtimes, root's.
+    let src = work.path().join("src");
+    std::fs::create_dir_all(src.join("sub"))?;
+    std::fs::write(src.join("sub/file"), "payload\n")?;
+    std::fs::set_permissions(src.join("sub/file"), std::fs::Permissions::from_mode(0o640))?;
+    std::fs::set_permissions(src.join("sub"), std::fs::Permissions::from_mode(0o750))?;
+    let t = nix::sys::time::TimeSpec::new(1_234_567_890, 0);
+    nix::sys::stat::utimensat(
+        nix::fcntl::AT_FDCWD,
+        &src.join("sub/file"),
+        &t,
+        &t,
+        nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+    )?;
+    tb_ok(env, k, &["cp", &w("src"), &bx("/tmp/")])?;
+    let st = tb_ok(
+        env,
+        k,
+        &[
+            "exec",
+            name,
+            "stat",
+            "-c",
+            "%a %u %g %Y",
+            "/tmp/src/sub/file",
+            "/tmp/src/sub",
+        ],
+    )?;
+    let lines: Vec<&str> = st.lines().collect();
+    assert_eq!(lines[0], "640 0 0 1234567890", "{st}");
+    assert!(lines[1].starts_with("750 0 0"), "{st}");
+    tb_ok(env, k, &["cp", &w("src/sub/file"), &bx("/tmp/renamed")])?;
+    assert_eq!(
+        tb_ok(env, k, &["exec", name, "cat", "/tmp/renamed"])?,
+        "payload"
+    );
+    tb_ok(env, k, &["cp", &w("src/."), &bx("/tmp/merged")])?;
+    assert_eq!(
+        tb_ok(env, k, &["exec", name, "cat", "/tmp/merged/sub/file"])?,
+        "payload"
+    );
+
+    // 1 MiB each way (the box's /tmp/w/mib), timed.
+    let t0 = std::time::Instant::now();
+    tb_ok(env, k, &["cp", &bx("/tmp/w/mib"), &w("mib")])?;
+    let out_s = t0.elapsed().as_secs_f64();
+    assert_eq!(std::fs::read(work.path().join("mib"))?, vec![0u8; 1 << 20]);
+    let t0 = std::time::Instant::now();
+    tb_ok(env, k, &["cp", &w("mib"), &bx("/tmp/mib-back")])?;
+    let in_s = t0.elapsed().as_secs_f64();
+    assert_eq!(
+        tb_ok(
+            env,
+            k,
+            &[
+                "exec",
+                name,
+                "sh",
+                "-c",
+                "cmp /tmp/w/mib /tmp/mib-back && echo same"
+            ]
+        )?,
+        "same"
+    );
+    eprintln!("vm cp of 1 MiB: out {out_s:.2} s, in {in_s:.2} s");
+
+    // Refused, and nothing written: a FIFO, a device, '..' out, a
+    // missing path; a directory onto a file.
+    for (from, want) in [
+        (bx("/srv/t/p"), "FIFO"),
+        (bx("/dev/zero"), "device"),
+        (bx("/a/../../etc/passwd"), ".."),
+        (bx("/nothing/here"), "such"),
+    ] {
+        let dst = w("refused");
+        let out = tb(env, k, &["cp", &from, &dst]).output()?;
+        assert_eq!(code(&out), 125, "{from}");
+        assert!(stderr(&out).contains(want), "{from}: {}", stderr(&out));
+        assert!(!Path::new(&dst).exists(), "{from}");
+    }
+    let out = tb(env, k, &["cp", &w("src"), &bx("/tmp/renamed")]).output()?;
+    assert_eq!(code(&out), 125);
+    assert!(
+        stderr(&out).contains("cannot copy a directory onto a file"),
+        "{}",
+        stderr(&out)
+    );
     Ok(())
 }
 

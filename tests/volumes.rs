@@ -4,7 +4,8 @@
 //! remount fail), named volumes shared by boxes one after another and
 //! kept after `rm`, `volume rm` refusing a volume in use, `volume prune`,
 //! an image's (or a volume's) symlinks that try to take a bind onto the
-//! host, `cp` both ways with modes and times, `cp` confined to the box,
+//! host, `cp` both ways with modes and times (and `SRC/.` as contents),
+//! `cp` confined to the box,
 //! and no mount left on the host.
 
 mod common;
@@ -526,6 +527,13 @@ fn cp_copies_both_ways_and_stays_inside_the_box() -> TestResult {
     // To a new name.
     ok(&env, &["cp", &s(&src.join("sub/file")), "c:/tmp/renamed"]);
     assert_eq!(ok(&env, &["exec", "c", "cat", "/tmp/renamed"]), "payload");
+    // A directory's contents (SRC/.) into an existing directory.
+    ok(&env, &["exec", "c", "mkdir", "/tmp/merged"]);
+    ok(&env, &["cp", &format!("{}/.", s(&src)), "c:/tmp/merged"]);
+    assert_eq!(
+        ok(&env, &["exec", "c", "cat", "/tmp/merged/sub/file"]),
+        "payload"
+    );
 
     // Box to host: a tree, modes kept, the symlink a symlink.
     let out_dir = work.path().join("out");
@@ -540,6 +548,13 @@ fn cp_copies_both_ways_and_stays_inside_the_box() -> TestResult {
         std::fs::read_link(out_dir.join("l"))?,
         Path::new("/etc/passwd")
     );
+    // Into an existing directory: under its name; with /. its contents.
+    ok(&env, &["cp", "c:/srv/t", &s(&out_dir)]);
+    assert_eq!(std::fs::read_to_string(out_dir.join("t/d/f"))?, "deep\n");
+    let merged = work.path().join("merged");
+    std::fs::create_dir(&merged)?;
+    ok(&env, &["cp", "c:/srv/t/.", &s(&merged)]);
+    assert_eq!(std::fs::read_to_string(merged.join("d/f"))?, "deep\n");
 
     // Through /data -> /etc and /up -> ../../..: the box's /etc, not the
     // host's, both ways.

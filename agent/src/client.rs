@@ -7,12 +7,16 @@
 //! connection a guest TCP port's stream ([`forward`]).
 
 use std::collections::VecDeque;
+use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use crate::copy::{self, At, Sink, StreamSink};
 use crate::frame::{self, Frame, HEADER_LEN, MAX_PAYLOAD, VERSION};
 use crate::message::{self, Exec, Message, MessageDecoder};
+use crate::tree::Limits;
+use crate::MAIN_ID;
 
 /// Longest reply line to `CONNECT`.
 const MAX_CONNECT_REPLY: usize = 64;
@@ -268,6 +272,85 @@ impl<S: Read + Write> Client<S> {
         result
     }
 
+    /// Copies the tree at guest `path` into `sink` (`CopyOut`; `contents`:
+    /// the path ended in `/.`). Everything the agent sends is checked
+    /// against the tree's shape and `limits` before `sink` sees it;
+    /// `src_path` names the source in messages. A connection of its own:
+    /// nothing else may run on it.
+    pub fn copy_out(
+        &mut self,
+        path: &str,
+        contents: bool,
+        sink: &mut dyn Sink,
+        src_path: &Path,
+        limits: Limits,
+    ) -> Result<(), copy::Error> {
+        self.sender().send(&Message::CopyOut {
+            contents,
+            path: path.to_owned(),
+        })?;
+        let mut next = || self.copy_message();
+        copy::receive(&mut next, limits, sink, src_path).map_err(copy::Error::or_stalled)
+    }
+
+    /// Copies the host's tree at `src` (named `src_path`) to guest `path`
+    /// (`CopyIn`, placed as `docker cp` places it; `contents`: the source
+    /// ended in `/.`), its top entry named `top_name`. Returns once the
+    /// agent has written it all. A connection of its own.
+    pub fn copy_in(
+        &mut self,
+        path: &str,
+        contents: bool,
+        src: &At<'_>,
+        src_path: &Path,
+        top_name: &OsStr,
+    ) -> Result<(), copy::Error> {
+        self.sender().send(&Message::CopyIn {
+            contents,
+            path: path.to_owned(),
+        })?;
+        match self.copy_message()? {
+            Message::CopyReady => {}
+            m => return Err(Error::Unexpected(Box::new(m)).into()),
+        }
+        let sent = {
+            let mut sink = StreamSink::new(&mut self.stream, Some(top_name), true);
+            copy::walk(src, src_path, &mut sink).and_then(|()| sink.finish().map(|_| ()))
+        };
+        match sent {
+            Ok(()) => {}
+            Err(copy::Error::Send(e)) => {
+                // The agent stopped taking the tree: its reason, if it gave one.
+                return Err(match self.copy_message() {
+                    Err(peer @ copy::Error::Peer(_)) => peer,
+                    _ => copy::Error::Send(e).or_stalled(),
+                });
+            }
+            Err(e) => return Err(e),
+        }
+        match self.copy_message().map_err(copy::Error::or_stalled)? {
+            Message::CopyEnd => Ok(()),
+            m => Err(Error::Unexpected(Box::new(m)).into()),
+        }
+    }
+
+    /// The next message of a copy: the agent's refusal as the error, the
+    /// main workload's `Started` skipped.
+    fn copy_message(&mut self) -> Result<Message, copy::Error> {
+        loop {
+            match self.recv()? {
+                Message::Started { id: MAIN_ID, .. } => {}
+                Message::Failed { message, .. } => return Err(copy::Error::Peer(message)),
+                Message::Exited { id: MAIN_ID, code } => {
+                    return Err(copy::Error::Peer(format!(
+                        "the box's main process ended ({code}) during the copy"
+                    )))
+                }
+                m => return Ok(m),
+            }
+        }
+    }
+
     /// The stream, and nothing of what was read but not yet taken.
     pub fn into_inner(self) -> S {
         self.stream
@@ -409,6 +492,122 @@ mod tests {
         let got = t.join().map_err(|_| "server thread")??;
         assert_eq!(got, b"CONNECT 1024CONNECT 7");
         let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// A stand-in guest on `guest` that greets, then sends `msgs`, then
+    /// holds the connection open until the host is done.
+    fn fake_guest(mut guest: UnixStream, msgs: Vec<Message>) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            let mut out = Message::Hello { version: 1 }.encode().unwrap_or_default();
+            let _ = Message::Started { id: 0, pid: 1 }.encode_into(&mut out);
+            for m in &msgs {
+                let _ = m.encode_into(&mut out);
+            }
+            let _ = guest.write_all(&out);
+            let mut sink = Vec::new();
+            let _ = guest.read_to_end(&mut sink);
+        })
+    }
+
+    #[test]
+    fn a_hostile_guest_copy_meets_the_checks_and_the_timeout(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        use crate::copy::{FsSink, Policy};
+        use crate::message::{Entry, EntryKind, Time};
+        use std::os::fd::AsFd;
+        let d = tempfile::tempdir()?;
+        let outside = d.path().join("outside");
+        std::fs::create_dir(&outside)?;
+        let top = nix::fcntl::open(
+            d.path(),
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )?;
+        let policy = Policy {
+            owner: None,
+            mode_mask: 0o1777,
+        };
+        let ent = |kind, name: &[u8], size, target: &[u8]| {
+            Message::Entry(Entry {
+                kind,
+                mode: 0o4755,
+                atime: Time::default(),
+                mtime: Time::default(),
+                size,
+                name: name.to_vec(),
+                target: target.to_vec(),
+            })
+        };
+        let copy = |at: &str, msgs: Vec<Message>| -> Result<(), copy::Error> {
+            let (host, guest) = UnixStream::pair().map_err(copy::Error::Receive)?;
+            host.set_read_timeout(Some(std::time::Duration::from_millis(300)))
+                .map_err(copy::Error::Receive)?;
+            let t = fake_guest(guest, msgs);
+            let mut c = Client::hello(host)?;
+            let mut sink = FsSink::new(
+                &At {
+                    dir: top.as_fd(),
+                    name: OsStr::new(at),
+                },
+                &d.path().join(at),
+                policy,
+            );
+            let r = c.copy_out(
+                "/x",
+                false,
+                &mut sink,
+                Path::new("box:/x"),
+                Limits::default(),
+            );
+            drop(c);
+            let _ = t.join();
+            r
+        };
+        // A symlink out and a directory through it: refused, nothing
+        // written outside; the set-uid file kept without its bit.
+        let r = copy(
+            "got",
+            vec![
+                ent(EntryKind::Dir, b"x", 0, b""),
+                ent(EntryKind::File, b"suid", 1, b""),
+                Message::Data {
+                    data: b"s".to_vec(),
+                },
+                ent(
+                    EntryKind::Symlink,
+                    b"esc",
+                    0,
+                    outside.to_string_lossy().as_bytes(),
+                ),
+                ent(EntryKind::Dir, b"esc", 0, b""),
+            ],
+        );
+        assert!(matches!(r, Err(copy::Error::Mismatch(..))), "{r:?}");
+        assert_eq!(std::fs::read_dir(&outside)?.count(), 0);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.path().join("got/suid"))?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        // A guest that stops sending: the timeout, said as such.
+        let r = copy("stalled", vec![ent(EntryKind::File, b"x", 10, b"")]);
+        assert!(matches!(r, Err(copy::Error::Stalled)), "{r:?}");
+        // Its refusal is its reason, and an announced size over the limit
+        // is refused before the data.
+        let r = copy(
+            "refused",
+            vec![Message::Failed {
+                id: 0,
+                message: "/x: no such file or directory".into(),
+            }],
+        );
+        assert!(
+            matches!(&r, Err(copy::Error::Peer(m)) if m.ends_with("no such file or directory"))
+        );
+        let r = copy("huge", vec![ent(EntryKind::File, b"x", u64::MAX, b"")]);
+        assert!(matches!(r, Err(copy::Error::Stream { .. })), "{r:?}");
+        assert!(!d.path().join("huge").exists() && !d.path().join("refused").exists());
         Ok(())
     }
 

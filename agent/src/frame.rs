@@ -71,6 +71,20 @@ pub enum Kind {
     Forward = 12,
     /// The connection is now that port's byte stream.
     Forwarding = 13,
+    /// Send a guest path's tree to the host (`twinbox cp BOX:PATH ...`).
+    CopyOut = 14,
+    /// Take a tree from the host at a guest path (`twinbox cp ... BOX:PATH`).
+    CopyIn = 15,
+    /// The guest resolved a `CopyIn`'s destination: send the tree.
+    CopyReady = 16,
+    /// One entry of a tree: a directory, file, symlink, or one skipped.
+    Entry = 17,
+    /// Bytes of the file entry before it.
+    Data = 18,
+    /// The directory entered last ends.
+    Up = 19,
+    /// The whole tree is sent (and, from the guest after a `CopyIn`, applied).
+    CopyEnd = 20,
 }
 
 impl Kind {
@@ -90,6 +104,13 @@ impl Kind {
             11 => Kind::Failed,
             12 => Kind::Forward,
             13 => Kind::Forwarding,
+            14 => Kind::CopyOut,
+            15 => Kind::CopyIn,
+            16 => Kind::CopyReady,
+            17 => Kind::Entry,
+            18 => Kind::Data,
+            19 => Kind::Up,
+            20 => Kind::CopyEnd,
             _ => return None,
         })
     }

@@ -47,6 +47,13 @@
 //! | 11 | `Failed` | guest to host | UTF-8 message: the request for this id was refused (no process runs), or, with id 0 after a protocol error, the connection is about to close |
 //! | 12 | `Forward` | host to guest | port u16, 1 to 65535 |
 //! | 13 | `Forwarding` | guest to host | empty |
+//! | 14 | `CopyOut` | host to guest | flags u8 (1 contents: the path ended in `/.`), path string (1 to 4096 bytes) |
+//! | 15 | `CopyIn` | host to guest | as `CopyOut` |
+//! | 16 | `CopyReady` | guest to host | empty |
+//! | 17 | `Entry` | both | kind u8 (1 dir, 2 file, 3 symlink, 4 skipped), mode u32 (bits of `0o7777`; for skipped, the `S_IFMT` type), atime i64 s + u32 ns, mtime i64 s + u32 ns, size u64 (files only), name (u16 length, 1 to 255 bytes: one file name, no `/`, NUL, `.` or `..`), target (u16 length: a symlink's, 1 to 4095 bytes without NUL; empty for the others) |
+//! | 18 | `Data` | both | bytes of the file entry before it |
+//! | 19 | `Up` | both | empty: the directory entered last ends |
+//! | 20 | `CopyEnd` | both | empty: the tree is complete (from the guest after `CopyIn`: written) |
 //!
 //! A connection opens with `Hello` from each side, each carrying
 //! [`VERSION`]; a peer with another version is refused with an error
@@ -64,12 +71,27 @@
 //! `Forwarding`, after which the connection is that TCP stream, unframed,
 //! both ways, half-closes included ([`relay`]); or it says `Failed` (nobody
 //! listens there) and closes. [`client::forward`] is the host's side.
+//!
+//! `twinbox cp` takes a connection per copy too: after `Hello` the host
+//! sends `CopyOut{path}` and reads a *tree* back, or `CopyIn{path}`, waits
+//! for `CopyReady`, sends a tree and reads `CopyEnd`; either side may end
+//! it with `Failed{0, why}` instead. A tree ([`tree`]) is one top entry:
+//! a file followed by `Data` frames of exactly its announced size, a
+//! symlink, or a directory whose entries (each a tree) are followed by
+//! `Up`; then `CopyEnd`. Entry names are single file names, so a receiver
+//! only ever creates a name inside a directory it opened itself; the top
+//! entry's name is the receiver's to choose (as `docker cp` places it).
+//! Sizes are announced, so a receiver refuses one over its limit before a
+//! byte of it arrives. [`copy`] walks, writes, sends and receives trees
+//! for both sides, and for the container box's copies too.
 
 pub mod client;
+pub mod copy;
 pub mod frame;
 pub mod message;
 pub mod pool;
 pub mod relay;
+pub mod tree;
 
 pub use frame::{Decoder, Frame, Kind, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};
 pub use message::{Exec, Message};

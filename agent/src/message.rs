@@ -11,6 +11,12 @@ pub const MAX_ARGV: usize = 1024;
 pub const MAX_ENV: usize = 1024;
 /// Highest signal number (Linux's `SIGRTMAX`).
 pub const MAX_SIGNAL: u32 = 64;
+/// Longest path in a `CopyOut` or `CopyIn` (Linux's `PATH_MAX`).
+pub const MAX_PATH: usize = 4096;
+/// Longest entry name (Linux's `NAME_MAX`).
+pub const MAX_NAME: usize = 255;
+/// Longest symlink target (`PATH_MAX` less its NUL).
+pub const MAX_TARGET: usize = 4095;
 
 /// A frame that is not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,6 +72,40 @@ pub enum Error {
     /// A `Forward` to port 0.
     #[error("Forward to port 0")]
     Port,
+    /// Copy flag bits this version does not know.
+    #[error("copy flags {0:#04x} has unknown bits")]
+    CopyFlags(u8),
+    /// A copy's path that is empty or too long.
+    #[error("copy path of {0} bytes, 1 to {MAX_PATH} allowed")]
+    CopyPath(usize),
+    /// An entry kind this version does not know.
+    #[error("unknown entry kind {0}")]
+    EntryKind(u8),
+    /// Mode bits an entry of its kind may not have.
+    #[error("{kind:?} entry with mode {mode:#o}")]
+    Mode {
+        /// The entry's kind.
+        kind: EntryKind,
+        /// Its mode.
+        mode: u32,
+    },
+    /// A time whose nanoseconds are a second or more.
+    #[error("a time with {0} nanoseconds")]
+    Nanos(u32),
+    /// A size on an entry that is not a file.
+    #[error("{0:?} entry with a size")]
+    Size(EntryKind),
+    /// An entry name that is not one file name.
+    #[error("entry name {0:?} is not one file name")]
+    Name(String),
+    /// A symlink without a good target, or a target on another entry.
+    #[error("{kind:?} entry with a target of {len} bytes")]
+    Target {
+        /// The entry's kind.
+        kind: EntryKind,
+        /// The target's length.
+        len: usize,
+    },
     /// The message does not fit in one frame.
     #[error("{kind:?} message of {len} bytes is over the frame limit of {MAX_PAYLOAD}")]
     TooBig {
@@ -108,6 +148,77 @@ pub struct Exec {
 const FLAG_TTY: u8 = 1;
 const FLAG_STDIN: u8 = 2;
 const FLAG_DETACH: u8 = 4;
+
+const COPY_CONTENTS: u8 = 1;
+
+/// What a tree [`Entry`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum EntryKind {
+    /// A directory: the entries that follow, up to its `Up`, are in it.
+    Dir = 1,
+    /// A regular file: `Data` frames of exactly its size follow.
+    File = 2,
+    /// A symbolic link, copied as one.
+    Symlink = 3,
+    /// Something not copied (a FIFO, socket or device), named so the
+    /// receiver can say so; its mode is the file type (`S_IFMT` bits).
+    Skipped = 4,
+}
+
+impl EntryKind {
+    fn from_u8(b: u8) -> Option<EntryKind> {
+        Some(match b {
+            1 => EntryKind::Dir,
+            2 => EntryKind::File,
+            3 => EntryKind::Symlink,
+            4 => EntryKind::Skipped,
+            _ => return None,
+        })
+    }
+}
+
+/// The file types a `Skipped` entry may name.
+const SKIPPED_TYPES: [u32; 4] = [libc::S_IFIFO, libc::S_IFSOCK, libc::S_IFCHR, libc::S_IFBLK];
+
+/// A point in time: seconds since the epoch and nanoseconds (under 10^9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Time {
+    /// Seconds.
+    pub secs: i64,
+    /// Nanoseconds.
+    pub nanos: u32,
+}
+
+/// One entry of a tree being copied (see the crate's top comment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// What it is.
+    pub kind: EntryKind,
+    /// Permission bits (at most `0o7777`); for `Skipped`, the file type.
+    pub mode: u32,
+    /// Access time.
+    pub atime: Time,
+    /// Modification time.
+    pub mtime: Time,
+    /// A file's size (the bytes of `Data` that follow); 0 for the others.
+    pub size: u64,
+    /// Its name: one file name (1 to [`MAX_NAME`] bytes, no `/` or NUL,
+    /// not `.` or `..`). The receiver decides the top entry's own name.
+    pub name: Vec<u8>,
+    /// A symlink's target (1 to [`MAX_TARGET`] bytes, no NUL, never
+    /// followed by the receiver); empty for the others.
+    pub target: Vec<u8>,
+}
+
+/// Whether `name` is one file name an entry may have.
+pub fn is_file_name(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name != b"."
+        && name != b".."
+        && !name.iter().any(|&b| b == b'/' || b == 0)
+}
 
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,11 +303,62 @@ pub enum Message {
     /// The guest is connected to the port: from the end of this frame on,
     /// the connection carries that TCP stream's bytes, both ways, unframed.
     Forwarding,
+    /// Send the tree at guest `path` (sent after `Hello`, alone on its
+    /// connection): the agent answers with the tree's entries and
+    /// `CopyEnd`, or `Failed`.
+    CopyOut {
+        /// `path` ends in `/.`: the directory it names is followed, even
+        /// through a symlink, and its contents are what the host wants.
+        contents: bool,
+        /// The guest path, 1 to [`MAX_PATH`] bytes, resolved in the guest.
+        path: String,
+    },
+    /// Take a tree at guest `path` (sent after `Hello`, alone on its
+    /// connection): the agent answers `CopyReady` (or `Failed`), the host
+    /// sends the entries and `CopyEnd`, the agent answers `CopyEnd` once
+    /// all is written (or `Failed`). Placed as `docker cp` places it: into
+    /// `path` under the top entry's name if `path` is a directory (or, with
+    /// `contents`, into `path` itself); otherwise at `path`.
+    CopyIn {
+        /// The host's source ended in `/.`: its contents go into `path`.
+        contents: bool,
+        /// The guest path, 1 to [`MAX_PATH`] bytes, resolved in the guest.
+        path: String,
+    },
+    /// The destination of a `CopyIn` is resolved: send the tree.
+    CopyReady,
+    /// One entry of a tree.
+    Entry(Entry),
+    /// Bytes of the file entry before it.
+    Data {
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// The directory entered last ends (its mode and times are applied now).
+    Up,
+    /// The tree is complete (or, from the agent after `CopyIn`, written).
+    CopyEnd,
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
+}
+
+fn put_bytes16(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len().min(u16::MAX as usize) as u16).to_le_bytes());
+    out.extend_from_slice(&b[..b.len().min(u16::MAX as usize)]);
+}
+
+fn put_time(out: &mut Vec<u8>, t: Time) {
+    out.extend_from_slice(&t.secs.to_le_bytes());
+    out.extend_from_slice(&t.nanos.to_le_bytes());
+}
+
+fn copy_payload(contents: bool, path: &str) -> Vec<u8> {
+    let mut p = vec![if contents { COPY_CONTENTS } else { 0 }];
+    put_str(&mut p, path);
+    p
 }
 
 fn put_list(out: &mut Vec<u8>, items: &[String]) {
@@ -223,13 +385,29 @@ impl Message {
             Message::Failed { .. } => Kind::Failed,
             Message::Forward { .. } => Kind::Forward,
             Message::Forwarding => Kind::Forwarding,
+            Message::CopyOut { .. } => Kind::CopyOut,
+            Message::CopyIn { .. } => Kind::CopyIn,
+            Message::CopyReady => Kind::CopyReady,
+            Message::Entry(_) => Kind::Entry,
+            Message::Data { .. } => Kind::Data,
+            Message::Up => Kind::Up,
+            Message::CopyEnd => Kind::CopyEnd,
         }
     }
 
     /// The id the message is about.
     pub fn id(&self) -> u32 {
         match self {
-            Message::Hello { .. } | Message::Forward { .. } | Message::Forwarding => 0,
+            Message::Hello { .. }
+            | Message::Forward { .. }
+            | Message::Forwarding
+            | Message::CopyOut { .. }
+            | Message::CopyIn { .. }
+            | Message::CopyReady
+            | Message::Entry(_)
+            | Message::Data { .. }
+            | Message::Up
+            | Message::CopyEnd => 0,
             Message::Exec(e) => e.id,
             Message::Started { id, .. }
             | Message::Stdin { id, .. }
@@ -274,7 +452,22 @@ impl Message {
             Message::Exited { code, .. } => code.to_le_bytes().to_vec(),
             Message::Failed { message, .. } => message.as_bytes().to_vec(),
             Message::Forward { port } => port.to_le_bytes().to_vec(),
-            Message::Forwarding => Vec::new(),
+            Message::CopyOut { contents, path } | Message::CopyIn { contents, path } => {
+                copy_payload(*contents, path)
+            }
+            Message::Entry(e) => {
+                let mut p = Vec::with_capacity(41 + e.name.len() + e.target.len());
+                p.push(e.kind as u8);
+                p.extend_from_slice(&e.mode.to_le_bytes());
+                put_time(&mut p, e.atime);
+                put_time(&mut p, e.mtime);
+                p.extend_from_slice(&e.size.to_le_bytes());
+                put_bytes16(&mut p, &e.name);
+                put_bytes16(&mut p, &e.target);
+                p
+            }
+            Message::Data { data } => data.clone(),
+            Message::Forwarding | Message::CopyReady | Message::Up | Message::CopyEnd => Vec::new(),
         }
     }
 
@@ -292,7 +485,12 @@ impl Message {
         }
         if matches!(
             self,
-            Message::Exec(_) | Message::Signal { .. } | Message::Forward { .. }
+            Message::Exec(_)
+                | Message::Signal { .. }
+                | Message::Forward { .. }
+                | Message::CopyOut { .. }
+                | Message::CopyIn { .. }
+                | Message::Entry(_)
         ) {
             // Refuse what the other side would refuse (NUL bytes, limits).
             Message::decode(&Frame {
@@ -356,6 +554,19 @@ impl Message {
                 port => Message::Forward { port },
             },
             Kind::Forwarding => Message::Forwarding,
+            Kind::CopyOut => {
+                let (contents, path) = r.copy()?;
+                Message::CopyOut { contents, path }
+            }
+            Kind::CopyIn => {
+                let (contents, path) = r.copy()?;
+                Message::CopyIn { contents, path }
+            }
+            Kind::CopyReady => Message::CopyReady,
+            Kind::Entry => Message::Entry(r.entry()?),
+            Kind::Data => Message::Data { data: r.rest() },
+            Kind::Up => Message::Up,
+            Kind::CopyEnd => Message::CopyEnd,
         };
         r.end()?;
         Ok(m)
@@ -386,6 +597,83 @@ impl Reader<'_> {
     fn u32(&mut self) -> Result<u32, Error> {
         let b = self.take(4)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn u64(&mut self) -> Result<u64, Error> {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(self.take(8)?);
+        Ok(u64::from_le_bytes(a))
+    }
+
+    fn time(&mut self) -> Result<Time, Error> {
+        let secs = self.u64()? as i64;
+        let nanos = self.u32()?;
+        if nanos >= 1_000_000_000 {
+            return Err(Error::Nanos(nanos));
+        }
+        Ok(Time { secs, nanos })
+    }
+
+    fn bytes16(&mut self) -> Result<Vec<u8>, Error> {
+        let len = self.u16()? as usize;
+        Ok(self.take(len)?.to_vec())
+    }
+
+    fn copy(&mut self) -> Result<(bool, String), Error> {
+        let flags = self.take(1)?[0];
+        if flags & !COPY_CONTENTS != 0 {
+            return Err(Error::CopyFlags(flags));
+        }
+        let path = self.string("copy path")?;
+        if path.is_empty() || path.len() > MAX_PATH {
+            return Err(Error::CopyPath(path.len()));
+        }
+        Ok((flags & COPY_CONTENTS != 0, path))
+    }
+
+    fn entry(&mut self) -> Result<Entry, Error> {
+        let k = self.take(1)?[0];
+        let kind = EntryKind::from_u8(k).ok_or(Error::EntryKind(k))?;
+        let mode = self.u32()?;
+        let atime = self.time()?;
+        let mtime = self.time()?;
+        let size = self.u64()?;
+        let name = self.bytes16()?;
+        let target = self.bytes16()?;
+        let mode_ok = match kind {
+            EntryKind::Skipped => SKIPPED_TYPES.contains(&mode),
+            _ => mode & !0o7777 == 0,
+        };
+        if !mode_ok {
+            return Err(Error::Mode { kind, mode });
+        }
+        if size != 0 && kind != EntryKind::File {
+            return Err(Error::Size(kind));
+        }
+        if !is_file_name(&name) {
+            return Err(Error::Name(String::from_utf8_lossy(&name).into_owned()));
+        }
+        let target_ok = match kind {
+            EntryKind::Symlink => {
+                !target.is_empty() && target.len() <= MAX_TARGET && !target.contains(&0)
+            }
+            _ => target.is_empty(),
+        };
+        if !target_ok {
+            return Err(Error::Target {
+                kind,
+                len: target.len(),
+            });
+        }
+        Ok(Entry {
+            kind,
+            mode,
+            atime,
+            mtime,
+            size,
+            name,
+            target,
+        })
     }
 
     fn rest(&mut self) -> Vec<u8> {
@@ -547,7 +835,194 @@ mod tests {
             Message::Forward { port: 1 },
             Message::Forward { port: 65535 },
             Message::Forwarding,
+            Message::CopyOut {
+                contents: false,
+                path: "/etc/hostname".into(),
+            },
+            Message::CopyIn {
+                contents: true,
+                path: "/tmp/d".into(),
+            },
+            Message::CopyReady,
+            Message::Entry(entry(EntryKind::Dir, b"d", b"")),
+            Message::Entry(Entry {
+                size: u64::MAX,
+                ..entry(EntryKind::File, &[0xff, b'\n', 0x1b], b"")
+            }),
+            Message::Data {
+                data: vec![0; MAX_PAYLOAD],
+            },
+            Message::Entry(entry(EntryKind::Symlink, b"l", &[b'x'; MAX_TARGET])),
+            Message::Entry(Entry {
+                mode: libc::S_IFCHR,
+                ..entry(EntryKind::Skipped, &[b'n'; MAX_NAME], b"")
+            }),
+            Message::Up,
+            Message::CopyEnd,
         ]
+    }
+
+    fn entry(kind: EntryKind, name: &[u8], target: &[u8]) -> Entry {
+        Entry {
+            kind,
+            mode: 0o4755,
+            atime: Time {
+                secs: -1,
+                nanos: 999_999_999,
+            },
+            mtime: Time {
+                secs: i64::MAX,
+                nanos: 0,
+            },
+            size: 0,
+            name: name.to_vec(),
+            target: target.to_vec(),
+        }
+    }
+
+    #[test]
+    fn hostile_entries_are_refused() {
+        let refused = |e: Entry| {
+            let m = Message::Entry(e);
+            let p = m.payload();
+            (
+                decode_one(&frame(Kind::Entry, 0, &p)),
+                // What the decoder refuses is not encoded either.
+                m.encode().is_err(),
+            )
+        };
+        let file = || entry(EntryKind::File, b"f", b"");
+        for name in [
+            &b""[..],
+            b".",
+            b"..",
+            b"a/b",
+            b"/",
+            b"a\0",
+            &[b'n'; MAX_NAME + 1],
+        ] {
+            let (got, not_encoded) = refused(Entry {
+                name: name.to_vec(),
+                ..file()
+            });
+            assert!(matches!(got, Err(Error::Name(_))), "{name:?}: {got:?}");
+            assert!(not_encoded);
+        }
+        let cases = [
+            (
+                Entry {
+                    mode: 0o10644,
+                    ..file()
+                },
+                "mode",
+            ),
+            (
+                Entry {
+                    mode: 0o755,
+                    ..entry(EntryKind::Skipped, b"s", b"")
+                },
+                "mode",
+            ),
+            (
+                Entry {
+                    size: 1,
+                    ..entry(EntryKind::Dir, b"d", b"")
+                },
+                "size",
+            ),
+            (entry(EntryKind::Symlink, b"l", b""), "target"),
+            (entry(EntryKind::Symlink, b"l", b"a\0b"), "target"),
+            (
+                entry(EntryKind::Symlink, b"l", &[b'x'; MAX_TARGET + 1]),
+                "target",
+            ),
+            (entry(EntryKind::File, b"f", b"t"), "target"),
+            (
+                Entry {
+                    mtime: Time {
+                        secs: 0,
+                        nanos: 1_000_000_000,
+                    },
+                    ..file()
+                },
+                "nanos",
+            ),
+        ];
+        for (e, what) in cases {
+            let (got, not_encoded) = refused(e.clone());
+            let ok = match what {
+                "mode" => matches!(got, Err(Error::Mode { .. })),
+                "size" => matches!(got, Err(Error::Size(_))),
+                "target" => matches!(got, Err(Error::Target { .. })),
+                _ => matches!(got, Err(Error::Nanos(_))),
+            };
+            assert!(ok && not_encoded, "{what}: {e:?}: {got:?}");
+        }
+        // An unknown kind, a name length past the payload, every cut.
+        let mut p = Message::Entry(file()).payload();
+        p[0] = 9;
+        assert_eq!(
+            decode_one(&frame(Kind::Entry, 0, &p)),
+            Err(Error::EntryKind(9))
+        );
+        let good = Message::Entry(file()).payload();
+        for cut in 0..good.len() {
+            assert!(
+                decode_one(&frame(Kind::Entry, 0, &good[..cut])).is_err(),
+                "cut at {cut}"
+            );
+        }
+        let mut long = good.clone();
+        long.push(0);
+        assert!(matches!(
+            decode_one(&frame(Kind::Entry, 0, &long)),
+            Err(Error::Trailing { .. })
+        ));
+    }
+
+    #[test]
+    fn copy_requests_check_flags_and_paths() {
+        let req = |flags: u8, path: &[u8]| {
+            let mut p = vec![flags];
+            p.extend_from_slice(&(path.len() as u32).to_le_bytes());
+            p.extend_from_slice(path);
+            p
+        };
+        for kind in [Kind::CopyOut, Kind::CopyIn] {
+            assert!(decode_one(&frame(kind, 0, &req(1, b"/x"))).is_ok_and(|m| m.is_some()));
+            assert_eq!(
+                decode_one(&frame(kind, 0, &req(2, b"/x"))),
+                Err(Error::CopyFlags(2))
+            );
+            assert_eq!(
+                decode_one(&frame(kind, 0, &req(0, b""))),
+                Err(Error::CopyPath(0))
+            );
+            assert_eq!(
+                decode_one(&frame(kind, 0, &req(0, &[b'a'; MAX_PATH + 1]))),
+                Err(Error::CopyPath(MAX_PATH + 1))
+            );
+            assert_eq!(
+                decode_one(&frame(kind, 0, &req(0, b"/a\0"))),
+                Err(Error::Nul { what: "copy path" })
+            );
+            assert_eq!(
+                decode_one(&frame(kind, 0, &req(0, b"/\xff"))),
+                Err(Error::Utf8 { what: "copy path" })
+            );
+        }
+        for kind in [Kind::CopyReady, Kind::Up, Kind::CopyEnd] {
+            assert_eq!(
+                decode_one(&frame(kind, 0, b"x")),
+                Err(Error::Trailing { kind, extra: 1 })
+            );
+        }
+        assert!(Message::CopyOut {
+            contents: false,
+            path: String::new()
+        }
+        .encode()
+        .is_err());
     }
 
     fn decode_one(bytes: &[u8]) -> Result<Option<Message>, Error> {
@@ -563,10 +1038,13 @@ mod tests {
             assert_eq!(m.encode_into(&mut stream), Ok(()), "{m:?}");
         }
         let mut d = MessageDecoder::new();
-        assert_eq!(d.feed(&stream), stream.len());
-        let mut got = Vec::new();
-        while let Ok(Some(m)) = d.next_message() {
-            got.push(m);
+        let (mut rest, mut got) = (&stream[..], Vec::new());
+        while !rest.is_empty() {
+            let took = d.feed(rest);
+            rest = &rest[took..];
+            while let Ok(Some(m)) = d.next_message() {
+                got.push(m);
+            }
         }
         assert_eq!(got, all());
     }

@@ -1,11 +1,15 @@
-//! Replays the corpus of `fuzz/fuzz_targets/agent_frame.rs` (its seeds and
-//! whatever `cargo fuzz` has added) with the target's property: any byte
-//! stream decodes into messages or fails cleanly, and every message that
-//! decodes encodes back to the bytes of its frame.
+//! Replays the corpora of `fuzz/fuzz_targets/agent_frame.rs` and
+//! `agent_tree.rs` (their seeds and whatever `cargo fuzz` has added) with
+//! the targets' properties: any byte stream decodes into messages or fails
+//! cleanly, and every message that decodes encodes back to the bytes of its
+//! frame; any byte stream is received as a copy's tree into a sink that
+//! checks the receiver's promises, or refused cleanly.
 
 use std::path::Path;
 
+use twinbox_agent::copy::{receive_bytes, CheckSink};
 use twinbox_agent::message::MessageDecoder;
+use twinbox_agent::tree::Limits;
 
 #[test]
 fn the_agent_frame_corpus_decodes_or_fails_cleanly() -> Result<(), Box<dyn std::error::Error>> {
@@ -46,5 +50,45 @@ fn the_agent_frame_corpus_decodes_or_fails_cleanly() -> Result<(), Box<dyn std::
     );
     assert!(decoded >= 3, "only {decoded} messages decode");
     assert!(refused >= 3, "only {refused} inputs are refused");
+    Ok(())
+}
+
+#[test]
+fn the_agent_tree_corpus_is_received_or_refused_cleanly() -> Result<(), Box<dyn std::error::Error>>
+{
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/agent_tree");
+    let limits = Limits {
+        bytes: 1 << 20,
+        entries: 1000,
+    };
+    let (mut inputs, mut taken, mut refused) = (0, 0, 0);
+    for e in std::fs::read_dir(&dir)? {
+        let data = std::fs::read(e?.path())?;
+        inputs += 1;
+        // As the target feeds it, and in one piece and byte by byte.
+        let mut outcomes = Vec::new();
+        for step in [1 + data.len() % 4099, data.len(), 1] {
+            let mut sink = CheckSink::new(limits);
+            let ok = receive_bytes(&data, step, limits, &mut sink).is_ok();
+            if ok {
+                assert_eq!(sink.depth, 0);
+            }
+            outcomes.push((ok, sink.entries, sink.bytes));
+        }
+        // However it is cut, a stream means the same.
+        assert!(outcomes.windows(2).all(|w| w[0] == w[1]), "{outcomes:?}");
+        if outcomes[0].0 {
+            taken += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(
+        inputs >= 10,
+        "only {inputs} corpus files in {}",
+        dir.display()
+    );
+    assert!(taken >= 3, "only {taken} streams are taken");
+    assert!(refused >= 8, "only {refused} streams are refused");
     Ok(())
 }

@@ -571,6 +571,12 @@ impl Agent {
             }
             Message::Signal { id, signo } => self.signal(k, id, signo as libc::c_int),
             Message::Forward { port } => self.forward(k, port),
+            Message::CopyOut { contents, path } => {
+                self.copy(k, crate::copy::Request::Out { contents, path })
+            }
+            Message::CopyIn { contents, path } => {
+                self.copy(k, crate::copy::Request::In { contents, path })
+            }
             Message::Resize { id, rows, cols } => {
                 if let Some(p) = self.find(k, id) {
                     if let (true, Some(fd)) = (p.tty, &p.stdout) {
@@ -600,6 +606,34 @@ impl Agent {
         let queued: Vec<u8> = c.out.into_iter().collect();
         if let Err((fd, why)) = crate::forward::start(c.fd, queued, port) {
             // Back in the table, only to be told why and closed.
+            self.conns.insert(
+                k,
+                Conn {
+                    fd,
+                    decoder: MessageDecoder::new(),
+                    out: VecDeque::new(),
+                    greeted: true,
+                    accepted: Instant::now(),
+                    dead: false,
+                },
+            );
+            self.refuse(k, &why);
+        }
+    }
+
+    /// Hands connection `k` over to a copying thread ([`crate::copy`]):
+    /// it leaves the poll loop for good, with what it sent after the
+    /// request. Only a connection with no processes can be one.
+    fn copy(&mut self, k: u64, req: crate::copy::Request) {
+        if self.procs.iter().any(|p| p.conn == Some(k)) {
+            self.refuse(k, "a copy on a connection with processes");
+            return;
+        }
+        let Some(c) = self.conns.remove(&k) else {
+            return;
+        };
+        let queued: Vec<u8> = c.out.into_iter().collect();
+        if let Err((fd, why)) = crate::copy::start(c.fd, c.decoder, queued, req) {
             self.conns.insert(
                 k,
                 Conn {
@@ -1491,6 +1525,244 @@ mod tests {
                 m => return Err(format!("expected Failed, got {m:?}").into()),
             }
         }
+        Ok(())
+    }
+
+    /// A tree for the copy tests: d/f (0o4750, an old mtime), d/sub/g,
+    /// d/l -> /etc/passwd, d/fifo.
+    use std::os::fd::AsFd;
+
+    fn copy_source(top: &std::path::Path) -> Result {
+        use std::os::unix::fs::PermissionsExt;
+        let d = top.join("d");
+        std::fs::create_dir_all(d.join("sub"))?;
+        std::fs::write(d.join("f"), b"payload")?;
+        std::fs::write(d.join("sub/g"), vec![3u8; 300_000])?;
+        std::fs::set_permissions(d.join("f"), std::fs::Permissions::from_mode(0o4750))?;
+        std::fs::set_permissions(d.join("sub"), std::fs::Permissions::from_mode(0o711))?;
+        std::os::unix::fs::symlink("/etc/passwd", d.join("l"))?;
+        nix::unistd::mkfifo(
+            &d.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )?;
+        let t = nix::sys::time::TimeSpec::new(1_234_567_890, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &d.join("f"),
+            &t,
+            &t,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )?;
+        Ok(())
+    }
+
+    fn dir_fd(p: &std::path::Path) -> Result<OwnedFd> {
+        Ok(nix::fcntl::open(
+            p,
+            nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )?)
+    }
+
+    const TO_HOST: twinbox_agent::copy::Policy = twinbox_agent::copy::Policy {
+        owner: None,
+        mode_mask: 0o1777,
+    };
+
+    #[test]
+    fn trees_are_copied_out_of_and_into_the_guest() -> Result {
+        use std::ffi::OsStr;
+        use std::os::unix::fs::MetadataExt;
+        use twinbox_agent::copy::{At, FsSink};
+        let b = TestBox::start()?;
+        let work = tempfile::tempdir()?;
+        copy_source(work.path())?;
+        let d = work.path().join("d");
+        let check = |got: &std::path::Path, mode: u32| -> Result {
+            assert_eq!(std::fs::read(got.join("f"))?, b"payload");
+            let m = std::fs::metadata(got.join("f"))?;
+            assert_eq!((m.mode() & 0o7777, m.mtime()), (mode, 1_234_567_890));
+            assert_eq!(std::fs::metadata(got.join("sub"))?.mode() & 0o7777, 0o711);
+            assert_eq!(std::fs::read(got.join("sub/g"))?, vec![3u8; 300_000]);
+            assert_eq!(
+                std::fs::read_link(got.join("l"))?,
+                std::path::Path::new("/etc/passwd")
+            );
+            assert!(std::fs::symlink_metadata(got.join("fifo")).is_err());
+            Ok(())
+        };
+        // Out: the guest walks, the host writes (set-id dropped).
+        let out = work.path().join("out");
+        let top = dir_fd(work.path())?;
+        let mut c = Client::hello(b.raw()?)?;
+        c.copy_out(
+            &d.to_string_lossy(),
+            false,
+            &mut FsSink::new(
+                &At {
+                    dir: top.as_fd(),
+                    name: OsStr::new("out"),
+                },
+                &out,
+                TO_HOST,
+            ),
+            std::path::Path::new("box:/d"),
+            Default::default(),
+        )?;
+        check(&out, 0o750)?;
+        // In: into an existing directory under the source's name, at a
+        // new name, and a directory's contents into one (`SRC/.`).
+        let into = work.path().join("into");
+        std::fs::create_dir(&into)?;
+        let at = At {
+            dir: top.as_fd(),
+            name: OsStr::new("d"),
+        };
+        let mut c = Client::hello(b.raw()?)?;
+        c.copy_in(&into.to_string_lossy(), false, &at, &d, OsStr::new("d"))?;
+        check(&into.join("d"), 0o4750)?;
+        let mut c = Client::hello(b.raw()?)?;
+        let fresh = work.path().join("fresh");
+        c.copy_in(&fresh.to_string_lossy(), false, &at, &d, OsStr::new("d"))?;
+        check(&fresh, 0o4750)?;
+        let dfd = dir_fd(&d)?;
+        let inner = At {
+            dir: dfd.as_fd(),
+            name: OsStr::new("."),
+        };
+        let mut c = Client::hello(b.raw()?)?;
+        c.copy_in(&into.to_string_lossy(), true, &inner, &d, OsStr::new("_"))?;
+        check(&into, 0o4750)?;
+        // A file onto a directory is the guest's refusal, in its words.
+        let f = At {
+            dir: dfd.as_fd(),
+            name: OsStr::new("f"),
+        };
+        let mut c = Client::hello(b.raw()?)?;
+        let e = c
+            .copy_in(
+                &into.join("sub").to_string_lossy(),
+                false,
+                &f,
+                &d.join("f"),
+                OsStr::new("sub"),
+            )
+            .map(|_| ());
+        std::fs::create_dir(into.join("sub/f"))?;
+        let mut c2 = Client::hello(b.raw()?)?;
+        let e2 = c2.copy_in(
+            &into.join("sub").to_string_lossy(),
+            false,
+            &f,
+            &d.join("f"),
+            OsStr::new("f"),
+        );
+        assert!(e.is_ok(), "{e:?}");
+        match e2 {
+            Err(twinbox_agent::copy::Error::Peer(m)) => {
+                assert!(m.contains("cannot copy a file onto a directory"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // Refusals come back as the container's words: missing, a FIFO.
+        for (p, want) in [
+            (
+                work.path().join("nothing/here"),
+                "no such file or directory",
+            ),
+            (d.join("fifo"), "is a FIFO"),
+            (d.join("f"), "not a directory"),
+        ] {
+            let mut c = Client::hello(b.raw()?)?;
+            let contents = want == "not a directory";
+            let mut sink = FsSink::new(
+                &At {
+                    dir: top.as_fd(),
+                    name: OsStr::new("never"),
+                },
+                std::path::Path::new("never"),
+                TO_HOST,
+            );
+            match c.copy_out(
+                &p.to_string_lossy(),
+                contents,
+                &mut sink,
+                std::path::Path::new("box"),
+                Default::default(),
+            ) {
+                Err(twinbox_agent::copy::Error::Peer(m)) => assert!(m.contains(want), "{m}"),
+                other => panic!("{p:?}: {other:?}"),
+            }
+        }
+        assert!(!work.path().join("never").exists());
+        // The agent serves on.
+        let mut c = b.client()?;
+        let (out, _, code) = run(&mut c, &exec(1, &["echo", "still here"]))?;
+        assert_eq!((out.as_slice(), code), (&b"still here\n"[..], 0));
+        Ok(())
+    }
+
+    #[test]
+    fn a_hostile_tree_from_the_host_is_refused_by_the_guest() -> Result {
+        use twinbox_agent::message::{Entry, EntryKind, Time};
+        let b = TestBox::start()?;
+        let work = tempfile::tempdir()?;
+        let dest = work.path().join("x");
+        // The agent's answer to a CopyIn followed by `msgs`.
+        let answer = |msgs: &[Message]| -> Result<String> {
+            let mut c = Client::hello(b.raw()?)?;
+            c.sender().send(&Message::CopyIn {
+                contents: false,
+                path: dest.to_string_lossy().into_owned(),
+            })?;
+            loop {
+                match c.recv()? {
+                    Message::CopyReady => break,
+                    Message::Started { .. } => {}
+                    m => return Err(format!("{m:?}").into()),
+                }
+            }
+            for m in msgs {
+                c.sender().send(m)?;
+            }
+            loop {
+                match c.recv()? {
+                    Message::Failed { message, .. } => return Ok(message),
+                    Message::Started { .. } => {}
+                    m => return Err(format!("{m:?}").into()),
+                }
+            }
+        };
+        let file = |size| {
+            Message::Entry(Entry {
+                kind: EntryKind::File,
+                mode: 0o644,
+                atime: Time::default(),
+                mtime: Time::default(),
+                size,
+                name: b"f".to_vec(),
+                target: Vec::new(),
+            })
+        };
+        let text = answer(&[Message::Up])?;
+        assert!(text.contains("the copy's stream: Up where"), "{text}");
+        // A file that announces 2 bytes and sends 3.
+        let text = answer(&[
+            file(2),
+            Message::Data {
+                data: b"abc".to_vec(),
+            },
+        ])?;
+        assert!(text.contains("1 bytes more than"), "{text}");
+        std::fs::remove_file(&dest)?;
+        // One past the guest's limit, before anything is written.
+        let text = answer(&[file(u64::MAX)])?;
+        assert!(text.contains("past its limit"), "{text}");
+        assert!(std::fs::symlink_metadata(&dest).is_err());
+        // The agent serves on.
+        let mut c = b.client()?;
+        let (o, _, code) = run(&mut c, &exec(1, &["true"]))?;
+        assert_eq!((o.len(), code), (0, 0));
         Ok(())
     }
 

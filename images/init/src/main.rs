@@ -41,6 +41,7 @@
 //! or `-t`) and ends the box by signalling the holder.
 
 mod agent;
+mod copy;
 mod forward;
 mod mailbox;
 mod port;
