@@ -71,6 +71,8 @@ pub enum Kind {
     Forward = 12,
     /// The connection is now that port's byte stream.
     Forwarding = 13,
+    /// Connect this connection to a UDP port in the guest (datagrams).
+    ForwardUdp = 14,
 }
 
 impl Kind {
@@ -90,6 +92,7 @@ impl Kind {
             11 => Kind::Failed,
             12 => Kind::Forward,
             13 => Kind::Forwarding,
+            14 => Kind::ForwardUdp,
             _ => return None,
         })
     }

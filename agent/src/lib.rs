@@ -47,6 +47,7 @@
 //! | 11 | `Failed` | guest to host | UTF-8 message: the request for this id was refused (no process runs), or, with id 0 after a protocol error, the connection is about to close |
 //! | 12 | `Forward` | host to guest | port u16, 1 to 65535 |
 //! | 13 | `Forwarding` | guest to host | empty |
+//! | 14 | `ForwardUdp` | host to guest | port u16, 1 to 65535 |
 //!
 //! A connection opens with `Hello` from each side, each carrying
 //! [`VERSION`]; a peer with another version is refused with an error
@@ -64,8 +65,17 @@
 //! `Forwarding`, after which the connection is that TCP stream, unframed,
 //! both ways, half-closes included ([`relay`]); or it says `Failed` (nobody
 //! listens there) and closes. [`client::forward`] is the host's side.
+//!
+//! A published UDP port takes one connection per flow (a host client
+//! address): after `Hello` the host sends `ForwardUdp{port}`; the agent
+//! makes a UDP socket connected to `127.0.0.1:port` in the guest and says
+//! `Forwarding`, after which the connection carries that socket's
+//! datagrams both ways, each a u16 length and its bytes, at most
+//! [`datagram::MAX_DATAGRAM`] ([`datagram`]). Closing the connection ends
+//! the flow. [`client::forward_udp`] is the host's side.
 
 pub mod client;
+pub mod datagram;
 pub mod frame;
 pub mod message;
 pub mod relay;

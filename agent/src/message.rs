@@ -63,8 +63,8 @@ pub enum Error {
     /// A signal number out of range.
     #[error("signal {0} is not 1 to {MAX_SIGNAL}")]
     Signal(u32),
-    /// A `Forward` to port 0.
-    #[error("Forward to port 0")]
+    /// A `Forward` or `ForwardUdp` to port 0.
+    #[error("forward to port 0")]
     Port,
     /// The message does not fit in one frame.
     #[error("{kind:?} message of {len} bytes is over the frame limit of {MAX_PAYLOAD}")]
@@ -190,8 +190,17 @@ pub enum Message {
         port: u16,
     },
     /// The guest is connected to the port: from the end of this frame on,
-    /// the connection carries that TCP stream's bytes, both ways, unframed.
+    /// the connection carries that TCP stream's bytes, both ways, unframed
+    /// (after `Forward`), or that UDP port's datagrams, each framed by
+    /// [`crate::datagram`] (after `ForwardUdp`).
     Forwarding,
+    /// Make this connection carry datagrams to and from the guest's UDP
+    /// `port` on 127.0.0.1 (one flow of a published UDP port). Sent after
+    /// `Hello`, and nothing after it until the answer.
+    ForwardUdp {
+        /// The port, 1 to 65535.
+        port: u16,
+    },
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -223,13 +232,17 @@ impl Message {
             Message::Failed { .. } => Kind::Failed,
             Message::Forward { .. } => Kind::Forward,
             Message::Forwarding => Kind::Forwarding,
+            Message::ForwardUdp { .. } => Kind::ForwardUdp,
         }
     }
 
     /// The id the message is about.
     pub fn id(&self) -> u32 {
         match self {
-            Message::Hello { .. } | Message::Forward { .. } | Message::Forwarding => 0,
+            Message::Hello { .. }
+            | Message::Forward { .. }
+            | Message::Forwarding
+            | Message::ForwardUdp { .. } => 0,
             Message::Exec(e) => e.id,
             Message::Started { id, .. }
             | Message::Stdin { id, .. }
@@ -273,7 +286,7 @@ impl Message {
             }
             Message::Exited { code, .. } => code.to_le_bytes().to_vec(),
             Message::Failed { message, .. } => message.as_bytes().to_vec(),
-            Message::Forward { port } => port.to_le_bytes().to_vec(),
+            Message::Forward { port } | Message::ForwardUdp { port } => port.to_le_bytes().to_vec(),
             Message::Forwarding => Vec::new(),
         }
     }
@@ -292,7 +305,10 @@ impl Message {
         }
         if matches!(
             self,
-            Message::Exec(_) | Message::Signal { .. } | Message::Forward { .. }
+            Message::Exec(_)
+                | Message::Signal { .. }
+                | Message::Forward { .. }
+                | Message::ForwardUdp { .. }
         ) {
             // Refuse what the other side would refuse (NUL bytes, limits).
             Message::decode(&Frame {
@@ -356,6 +372,10 @@ impl Message {
                 port => Message::Forward { port },
             },
             Kind::Forwarding => Message::Forwarding,
+            Kind::ForwardUdp => match r.u16()? {
+                0 => return Err(Error::Port),
+                port => Message::ForwardUdp { port },
+            },
         };
         r.end()?;
         Ok(m)
@@ -547,6 +567,8 @@ mod tests {
             Message::Forward { port: 1 },
             Message::Forward { port: 65535 },
             Message::Forwarding,
+            Message::ForwardUdp { port: 53 },
+            Message::ForwardUdp { port: 65535 },
         ]
     }
 
@@ -698,6 +720,18 @@ mod tests {
                 kind: Kind::Forward
             })
         );
+        assert_eq!(
+            decode_one(&frame(Kind::ForwardUdp, 0, &0u16.to_le_bytes())),
+            Err(Error::Port)
+        );
+        assert_eq!(
+            decode_one(&frame(Kind::ForwardUdp, 0, &[53, 0, 0])),
+            Err(Error::Trailing {
+                kind: Kind::ForwardUdp,
+                extra: 1
+            })
+        );
+        assert_eq!(Message::ForwardUdp { port: 0 }.encode(), Err(Error::Port));
         assert_eq!(
             decode_one(&frame(Kind::Forwarding, 0, b"x")),
             Err(Error::Trailing {
