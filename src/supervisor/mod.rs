@@ -41,6 +41,7 @@ use crate::terminal;
 
 pub mod guest;
 pub mod ports;
+pub mod udp;
 
 /// How long the box's output is drained after its first process ended.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
