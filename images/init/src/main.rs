@@ -42,6 +42,7 @@
 
 mod agent;
 mod forward;
+mod forward_udp;
 mod mailbox;
 mod port;
 mod spawn;
