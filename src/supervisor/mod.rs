@@ -108,6 +108,17 @@ enum Box_ {
     },
 }
 
+/// A VM exec's handle goes with the client that started it: the handle
+/// holds a clone of the exec's agent connection, which would otherwise
+/// stay open (two descriptors here, one in the guest) after every exec,
+/// and a detached one's for as long as the box lives. The exec's own
+/// thread keeps its connection while the process runs.
+fn forget_vm_exec(b: &mut Box_, client: u64) {
+    if let Box_::Vm { execs, .. } = b {
+        execs.remove(&client);
+    }
+}
+
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     Ok(nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?)
 }
@@ -742,6 +753,7 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
             };
             if n == 0 {
                 sup.clients.remove(cid);
+                forget_vm_exec(&mut the_box, *cid);
                 continue;
             }
             c.buf.extend_from_slice(&buf[..n]);
@@ -749,6 +761,7 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
                 Ok(l) => l,
                 Err(_) => {
                     sup.clients.remove(cid);
+                    forget_vm_exec(&mut the_box, *cid);
                     continue;
                 }
             };
