@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::pty::Pty;
-use common::{code, http_get, stderr, stdout, Env};
+use common::{code, http_get, stderr, stdout, udp_ask, Env};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -461,6 +461,8 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
             "8000",
             "-p",
             "127.0.0.1::9",
+            "-p",
+            "8000/udp",
             "busybox",
             "sh",
             "-c",
@@ -485,6 +487,9 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
         let (_, p) = line.rsplit_once(':').ok_or("no port")?;
         p.parse::<u16>()?
     };
+    // The UDP flows' baseline (the supervisor's descriptors and threads,
+    // the guest init's threads), checked again once they are idle.
+    let mut udp_before: Option<(usize, usize, String)> = None;
     if Where::here() != Where::NestedSvm {
         let port_of = |which: &str| -> Result<u16, Box<dyn std::error::Error>> {
             let line = tb_ok(env, k, &["port", "vmweb", which])?;
@@ -548,6 +553,79 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
         std::io::Write::write_all(&mut c, b"GET / HTTP/1.0\r\n\r\n")?;
         let mut nothing = Vec::new();
         assert!(std::io::Read::read_to_end(&mut c, &mut nothing).is_ok_and(|n| n == 0));
+
+        // UDP on the same number: an echo server (busybox has none) put
+        // into the guest through exec's stdin, beside httpd's 8000/tcp.
+        let uport = port_of("8000/udp")?;
+        assert!(
+            line.contains(&format!("127.0.0.1:{uport}->8000/udp")),
+            "{line}"
+        );
+        let bin = tempfile::tempdir()?;
+        let echo = common::udp_echo(bin.path()).ok_or("gcc cannot build the UDP echo server")?;
+        let mut up = tb(
+            env,
+            k,
+            &[
+                "exec",
+                "-i",
+                "vmweb",
+                "sh",
+                "-c",
+                "cat > /tmp/udp-echo && chmod +x /tmp/udp-echo",
+            ],
+        )
+        .stdin(std::process::Stdio::piped())
+        .spawn()?;
+        std::io::Write::write_all(up.stdin.as_mut().ok_or("stdin")?, &std::fs::read(&echo)?)?;
+        drop(up.stdin.take());
+        assert!(up.wait()?.success(), "the echo server did not go in");
+        tb_ok(env, k, &["exec", "-d", "vmweb", "/tmp/udp-echo", "8000"])?;
+        let guest_threads = || {
+            tb_ok(
+                env,
+                k,
+                &["exec", "vmweb", "sh", "-c", "ls /proc/1/task | wc -l"],
+            )
+        };
+        let before = (count("fd"), count("task"), guest_threads()?);
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let t0 = std::time::Instant::now();
+        let second = std::time::Duration::from_secs(1);
+        while udp_ask(&probe, uport, b"ping", second)?.as_deref() != Some(b"ping") {
+            assert!(
+                t0.elapsed().as_secs() < 120,
+                "the guest's echo server never answered"
+            );
+        }
+        // The probe's late echoes may still come: a client of its own.
+        let first = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let long = std::time::Duration::from_secs(60);
+        for size in [0, 1, 1472, 65507] {
+            let d = vec![b'v'; size];
+            assert_eq!(udp_ask(&first, uport, &d, long)?, Some(d), "{size} bytes");
+        }
+        // A flow per client, kept across its datagrams.
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            let c = std::net::UdpSocket::bind("127.0.0.1:0")?;
+            let who = udp_ask(&c, uport, b"whoami", long)?.ok_or("no answer")?;
+            assert_eq!(udp_ask(&c, uport, b"whoami", long)?.as_ref(), Some(&who));
+            seen.insert(who);
+        }
+        assert_eq!(seen.len(), 8, "clients shared a flow");
+        let open: u32 = guest_threads()?.parse()?;
+        assert!(open > 10, "{open} threads in the guest's init for 10 flows");
+        // Ten flows are open: their descriptors stay until they are idle
+        // (checked below, after the rest of this test), their openers'
+        // threads are gone now.
+        assert!(count("fd") > before.0);
+        let t0 = std::time::Instant::now();
+        while count("task") > before.1 {
+            assert!(t0.elapsed().as_secs() < 30, "flow openers left threads");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        udp_before = Some(before);
     }
     // exec: in the guest (its own kernel), status, both streams, env, cwd.
     let out = tb(
@@ -681,6 +759,33 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
     )?;
     assert_eq!(tb_ok(env, k, &["wait", "vmquick"])?, "0");
 
+    // The UDP flows, idle now for a while, are closed after 90 s: the
+    // supervisor's descriptors and threads and the guest init's threads
+    // are what they were before them.
+    if let Some((fds, threads, guest)) = udp_before {
+        let sup = box_state(env, k, "vmweb")?["supervisor"]
+            .as_i64()
+            .ok_or("supervisor")?;
+        let count =
+            |what: &str| std::fs::read_dir(format!("/proc/{sup}/{what}")).map_or(0, |d| d.count());
+        let t0 = std::time::Instant::now();
+        while count("fd") > fds || count("task") > threads {
+            assert!(
+                t0.elapsed().as_secs() < 200,
+                "idle UDP flows left descriptors or threads"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let now = tb_ok(
+            env,
+            k,
+            &["exec", "vmweb", "sh", "-c", "ls /proc/1/task | wc -l"],
+        )?;
+        assert!(
+            now.parse::<u32>()? <= guest.parse::<u32>()?,
+            "the guest's flow threads: {now}, {guest} before"
+        );
+    }
     // logs: the console, kept after the exit; stop: SIGTERM to httpd,
     // and the published ports go with the box.
     assert!(tb_ok(env, k, &["logs", "vmweb"])?.contains("up"));
