@@ -10,6 +10,7 @@ mod cli;
 mod commands;
 mod host;
 mod nested;
+mod runtime;
 mod size;
 mod snapshots;
 mod subjects;
@@ -29,6 +30,15 @@ use cli::{Cli, Command};
 const EXIT_TWINBOX: u8 = 125;
 
 fn main() -> ExitCode {
+    // Engines exec their OCI runtime by path: a link named
+    // `twinbox-runtime` to this binary is that runtime.
+    let argv0 = std::env::args_os().next().unwrap_or_default();
+    if std::path::Path::new(&argv0)
+        .file_name()
+        .is_some_and(|n| n == runtime::NAME)
+    {
+        return runtime::main();
+    }
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -78,6 +78,7 @@ pub mod client;
 pub mod datagram;
 pub mod frame;
 pub mod message;
+pub mod pool;
 pub mod relay;
 
 pub use frame::{Decoder, Frame, Kind, HEADER_LEN, MAGIC, MAX_PAYLOAD, VERSION};

@@ -12,8 +12,11 @@
 //! that fails (a reset, a box gone) shuts both sockets down, which ends the
 //! other direction too: nothing waits on a dead peer.
 
+use std::cell::RefCell;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
+
+use crate::pool::{Job, Pool};
 
 /// Most bytes moved by one call.
 const CHUNK: usize = 64 * 1024;
@@ -37,20 +40,40 @@ pub struct Moved {
 /// of its own, or on the caller's thread after the first if no thread can
 /// be made.
 pub fn relay(a: OwnedFd, b: OwnedFd) -> Moved {
+    relay_on(None, a, b)
+}
+
+/// [`relay`], the second direction on a thread of `pool` when it has one
+/// to give (a new thread otherwise).
+pub fn relay_on(pool: Option<&Pool>, a: OwnedFd, b: OwnedFd) -> Moved {
     for fd in [&a, &b] {
         set_blocking(fd.as_raw_fd());
     }
     let a = Arc::new(a);
     let b = Arc::new(b);
     let (a2, b2) = (a.clone(), b.clone());
-    let back = std::thread::Builder::new()
-        .name("relay".into())
-        .stack_size(STACK)
-        .spawn(move || one_way(&b2, &a2));
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<u64>(1);
+    let job: Job = Box::new(move || {
+        let _ = done_tx.send(one_way(&b2, &a2));
+    });
+    let job = match pool {
+        Some(p) => p.run(job).err(),
+        None => Some(job),
+    };
+    let spawned = match job {
+        None => true,
+        Some(job) => std::thread::Builder::new()
+            .name("relay".into())
+            .stack_size(STACK)
+            .spawn(job)
+            .is_ok(),
+    };
     let a_to_b = one_way(&a, &b);
-    let b_to_a = match back {
-        Ok(t) => t.join().unwrap_or(0),
-        Err(_) => one_way(&b, &a),
+    // A job that could not be spawned was dropped with its sender.
+    let b_to_a = match done_rx.recv() {
+        Ok(n) => n,
+        Err(_) if !spawned => one_way(&b, &a),
+        Err(_) => 0,
     };
     Moved { a_to_b, b_to_a }
 }
@@ -104,14 +127,38 @@ fn one_way(src: &OwnedFd, dst: &OwnedFd) -> u64 {
     moved
 }
 
-fn spliced(s: RawFd, d: RawFd, moved: &mut u64) -> End {
+thread_local! {
+    /// A pipe left empty by this thread's last direction, for its next
+    /// (a pooled thread relays many connections).
+    static SPARE: RefCell<Option<(OwnedFd, OwnedFd)>> = const { RefCell::new(None) };
+}
+
+fn new_pipe() -> Option<(OwnedFd, OwnedFd)> {
     let mut p = [0 as RawFd; 2];
     // SAFETY: pipe2 writes two descriptors into the array we own.
     if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return End::NoSplice;
+        return None;
     }
     // SAFETY: two fresh descriptors nobody else owns.
-    let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    Some(unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) })
+}
+
+fn spliced(s: RawFd, d: RawFd, moved: &mut u64) -> End {
+    let spare = SPARE.with(|c| c.borrow_mut().take());
+    let Some(pipe) = spare.or_else(new_pipe) else {
+        return End::NoSplice;
+    };
+    let end = spliced_through(&pipe, s, d, moved);
+    // Only a direction that ended at the source's end (or never started)
+    // left the pipe empty: every byte spliced into it was spliced out.
+    if matches!(end, End::Eof | End::NoSplice) {
+        SPARE.with(|c| *c.borrow_mut() = Some(pipe));
+    }
+    end
+}
+
+fn spliced_through(pipe: &(OwnedFd, OwnedFd), s: RawFd, d: RawFd, moved: &mut u64) -> End {
+    let (r, w) = pipe;
     loop {
         // SAFETY: splice between descriptors we hold, no offsets.
         let n = unsafe {

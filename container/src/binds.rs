@@ -118,14 +118,14 @@ pub enum Failure {
     Sys(Errno),
 }
 
-fn in_root() -> OpenHow {
+pub(crate) fn in_root() -> OpenHow {
     OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS)
 }
 
 /// `/proc/self/fd/<fd>` as a C string in `buf` (no allocation).
-fn proc_fd_path(fd: i32, buf: &mut [u8; 32]) -> &CStr {
+pub(crate) fn proc_fd_path(fd: i32, buf: &mut [u8; 32]) -> &CStr {
     const HEAD: &[u8] = b"/proc/self/fd/";
     buf[..HEAD.len()].copy_from_slice(HEAD);
     let mut digits = [0u8; 10];
@@ -151,6 +151,31 @@ fn proc_fd_path(fd: i32, buf: &mut [u8; 32]) -> &CStr {
 /// missing. A component that exists but does not resolve (a dangling
 /// symlink) is an error (`EEXIST`), not a guess.
 fn resolve(root: &OwnedFd, b: &BindPlan) -> Result<OwnedFd, Errno> {
+    resolve_path(root, &b.prefixes, &b.names, b.file)
+}
+
+/// Opens the box path whose prefixes and components are given inside
+/// `root` (`O_PATH`), making what is missing: directories, and the last
+/// component as an empty file when `file`. Child side: system calls only.
+pub(crate) fn resolve_path(
+    root: &OwnedFd,
+    prefixes: &[CString],
+    names: &[CString],
+    file: bool,
+) -> Result<OwnedFd, Errno> {
+    struct B<'a> {
+        prefixes: &'a [CString],
+        names: &'a [CString],
+        file: bool,
+    }
+    let b = B {
+        prefixes,
+        names,
+        file,
+    };
+    if b.prefixes.is_empty() {
+        return Err(Errno::EINVAL);
+    }
     let last = b.prefixes.len().saturating_sub(1);
     if let Ok(fd) = openat2(root.as_fd(), b.prefixes[last].as_c_str(), in_root()) {
         return Ok(fd);

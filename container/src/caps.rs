@@ -149,9 +149,138 @@ pub fn get() -> Result<(u64, u64, u64), nix::errno::Errno> {
     ))
 }
 
+/// All five capability sets, as masks (an OCI process's `capabilities`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Sets {
+    /// The bounding set.
+    pub bounding: u64,
+    /// Effective.
+    pub effective: u64,
+    /// Permitted.
+    pub permitted: u64,
+    /// Inheritable.
+    pub inheritable: u64,
+    /// Ambient.
+    pub ambient: u64,
+}
+
+/// The number of a capability by its name (`CAP_NET_ADMIN`), for the
+/// capabilities of linux/capability.h up to `CAP_CHECKPOINT_RESTORE`.
+pub fn number(name: &str) -> Option<u32> {
+    const NAMES: [&str; 41] = [
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_DAC_READ_SEARCH",
+        "CAP_FOWNER",
+        "CAP_FSETID",
+        "CAP_KILL",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETPCAP",
+        "CAP_LINUX_IMMUTABLE",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_NET_BROADCAST",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "CAP_IPC_LOCK",
+        "CAP_IPC_OWNER",
+        "CAP_SYS_MODULE",
+        "CAP_SYS_RAWIO",
+        "CAP_SYS_CHROOT",
+        "CAP_SYS_PTRACE",
+        "CAP_SYS_PACCT",
+        "CAP_SYS_ADMIN",
+        "CAP_SYS_BOOT",
+        "CAP_SYS_NICE",
+        "CAP_SYS_RESOURCE",
+        "CAP_SYS_TIME",
+        "CAP_SYS_TTY_CONFIG",
+        "CAP_MKNOD",
+        "CAP_LEASE",
+        "CAP_AUDIT_WRITE",
+        "CAP_AUDIT_CONTROL",
+        "CAP_SETFCAP",
+        "CAP_MAC_OVERRIDE",
+        "CAP_MAC_ADMIN",
+        "CAP_SYSLOG",
+        "CAP_WAKE_ALARM",
+        "CAP_BLOCK_SUSPEND",
+        "CAP_AUDIT_READ",
+        "CAP_PERFMON",
+        "CAP_BPF",
+        "CAP_CHECKPOINT_RESTORE",
+    ];
+    NAMES.iter().position(|n| *n == name).map(|i| i as u32)
+}
+
+/// Drops every capability outside `bounding` from the bounding set (the
+/// first half of [`apply_sets`], made while the process is still root:
+/// it needs `CAP_SETPCAP`). System calls only.
+pub fn drop_bounding(bounding: u64, last_cap: u32) -> Result<(), nix::errno::Errno> {
+    for cap in 0..=last_cap.min(63) {
+        if bounding & (1 << cap) == 0 {
+            // SAFETY: PR_CAPBSET_DROP takes a capability number only.
+            let r = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+            if r != 0 && nix::errno::Errno::last() != nix::errno::Errno::EINVAL {
+                return Err(nix::errno::Errno::last());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets the effective, permitted and inheritable sets of `s` and raises
+/// its ambient ones (the second half, after the user change, which the
+/// caller made with `PR_SET_KEEPCAPS` so the permitted set survived).
+/// System calls only.
+pub fn apply_sets(s: &Sets, last_cap: u32) -> Result<(), nix::errno::Errno> {
+    set(s.effective, s.permitted, s.inheritable)?;
+    // SAFETY: PR_CAP_AMBIENT_CLEAR_ALL takes no pointers.
+    if unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    } != 0
+    {
+        return Err(nix::errno::Errno::last());
+    }
+    for cap in 0..=last_cap.min(63) {
+        if s.ambient & (1 << cap) != 0 {
+            // SAFETY: PR_CAP_AMBIENT_RAISE takes a capability number only.
+            let r = unsafe {
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
+                    cap as libc::c_ulong,
+                    0,
+                    0,
+                )
+            };
+            if r != 0 {
+                return Err(nix::errno::Errno::last());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_the_kernel_numbers() {
+        assert_eq!(number("CAP_CHOWN"), Some(0));
+        assert_eq!(number("CAP_SYS_ADMIN"), Some(21));
+        assert_eq!(number("CAP_MKNOD"), Some(27));
+        assert_eq!(number("CAP_CHECKPOINT_RESTORE"), Some(40));
+        assert_eq!(number("CAP_NOPE"), None);
+        assert!(DEFAULT.iter().all(|(n, v)| number(n) == Some(*v)));
+    }
 
     #[test]
     fn default_set_is_dockers_without_mknod() {

@@ -69,6 +69,18 @@ pub enum Stage {
     Volumes,
     /// A volume's box path resolves to the box's root.
     VolumeOnRoot,
+    /// Joining a namespace given by path (an OCI bundle's).
+    JoinNs,
+    /// A bundle's mount.
+    BundleMount,
+    /// Writing a sysctl.
+    Sysctl,
+    /// Masking a path or making it read-only.
+    Masks,
+    /// Waiting on the exec fifo for `start`.
+    Fifo,
+    /// Not a failure: an OCI box is set up and waits for `start`.
+    Ready,
 }
 
 impl Stage {
@@ -96,6 +108,12 @@ impl Stage {
             Setns,
             Volumes,
             VolumeOnRoot,
+            JoinNs,
+            BundleMount,
+            Sysctl,
+            Masks,
+            Fifo,
+            Ready,
         ]
         .into_iter()
         .find(|s| *s as u32 == n)
@@ -123,6 +141,12 @@ impl Stage {
             Self::Stdio => "taking its stdin, stdout and stderr",
             Self::Setns => "entering the box's namespaces",
             Self::Volumes => "mounting the volumes (-v)",
+            Self::JoinNs => "joining a namespace given by path",
+            Self::BundleMount => "mounting the bundle's mounts",
+            Self::Sysctl => "writing the bundle's sysctls",
+            Self::Masks => "masking paths and making paths read-only",
+            Self::Fifo => "waiting for start on the exec fifo",
+            Self::Ready => "ready",
             Self::VolumeOnRoot => {
                 "mounting a volume: its box path resolves to the box's root (a symlink in the image?)"
             }

@@ -23,6 +23,7 @@ pub mod idmap;
 pub mod mounts;
 pub mod namespaces;
 pub mod network;
+pub mod oci;
 pub mod pty;
 pub mod rootfs;
 pub mod run;

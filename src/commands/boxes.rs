@@ -663,11 +663,16 @@ pub fn wait(store: &Store, names: &[String]) -> Result<u8> {
     for n in names {
         let rec = b.resolve(n)?;
         if rec.state.status == Status::Running {
+            // A supervisor that ends while we ask (the box just exited)
+            // may reset the socket: then its record tells the exit.
             if let Ok(mut s) = control::connect(&b.dir(&rec.id)) {
-                control::send(&s, &Request::Wait, &[])?;
-                if let Some(Reply::Exit { code }) = control::read_reply(&mut s, &mut Vec::new())? {
-                    println!("{code}");
-                    continue;
+                if control::send(&s, &Request::Wait, &[]).is_ok() {
+                    if let Ok(Some(Reply::Exit { code })) =
+                        control::read_reply(&mut s, &mut Vec::new())
+                    {
+                        println!("{code}");
+                        continue;
+                    }
                 }
             }
             wait_stopped(&b, &rec.id, Duration::from_secs(5));

@@ -1,6 +1,7 @@
 //! `twinbox nested agent`: PID 1 of the outer machine.
 //!
-//! It mounts what a Linux userland expects (proc, sysfs, devtmpfs), installs busybox's applets,
+//! It mounts what a Linux userland expects (proc, sysfs, devtmpfs), brings
+//! up the loopback device, installs busybox's applets,
 //! loads the KVM modules (so `/dev/kvm` is `kvm_amd` on the emulated SVM
 //! CPU), then runs the plan's steps one at a time, each in its own process
 //! group with a timeout, and writes a record per step to the second serial
@@ -63,6 +64,10 @@ fn serve() -> Result<()> {
     fs::create_dir_all("/tmp")?;
     fs::set_permissions("/tmp", std::os::unix::fs::PermissionsExt::from_mode(0o1777))?;
     fs::create_dir_all("/root")?;
+    // The kernel leaves `lo` down and nothing else here brings it up:
+    // without it the tests' servers on 127.0.0.1 (published ports) are
+    // unreachable.
+    twinbox_container::network::loopback_up().context("bringing up lo")?;
     let mut port = open_port()?;
     let outcome = (|| -> Result<()> {
         let plan: Plan =

@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use twinbox_agent::pool::Pool;
+
 use crate::boxes::ports::{Binding, PortSpec};
 
 /// Most connections relayed at once, per box.
@@ -37,6 +39,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Stack of a connection's thread.
 const STACK: usize = 128 * 1024;
+
+/// How long a connection's thread is kept for the next one.
+const IDLE: Duration = Duration::from_secs(2);
 
 /// A port that could not be published.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +173,19 @@ pub fn serve(mut l: Listeners, target: Target) -> Result<Server, Error> {
 }
 
 fn accept_loop(l: Listeners, target: Target, stop: OwnedFd, active: Arc<AtomicUsize>) {
+    let pool = pool_for(&target);
+    serve_until_stopped(&l, &target, &stop, &pool, &active);
+    // Idle threads end now, busy ones with their connection.
+    pool.close();
+}
+
+fn serve_until_stopped(
+    l: &Listeners,
+    target: &Target,
+    stop: &OwnedFd,
+    pool: &Pool,
+    active: &Arc<AtomicUsize>,
+) {
     loop {
         let full = active.load(Ordering::SeqCst) >= MAX_CONNECTIONS;
         let mut fds = vec![libc::pollfd {
@@ -205,7 +223,7 @@ fn accept_loop(l: Listeners, target: Target, stop: OwnedFd, active: Arc<AtomicUs
                 let Ok((client, _)) = listener.accept() else {
                     break;
                 };
-                start_connection(client, binding.box_port, &target, &active);
+                start_connection(client, binding.box_port, target, pool, active);
             }
         }
     }
@@ -220,24 +238,46 @@ impl Drop for Slot {
     }
 }
 
-fn start_connection(client: TcpStream, port: u16, target: &Target, active: &Arc<AtomicUsize>) {
+/// The threads connections run on: for a container, each has entered the
+/// box's network namespace once, before its first connection (a thread
+/// that could not runs none).
+fn pool_for(target: &Target) -> Pool {
+    // Two threads a connection: one per direction.
+    let max = 2 * MAX_CONNECTIONS;
+    match target {
+        Target::Netns(ns) => {
+            let ns = ns.clone();
+            Pool::with_setup("port", STACK, max, IDLE, move || {
+                nix::sched::setns(ns.as_ref(), nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
+            })
+        }
+        Target::Vm(_) => Pool::new("port", STACK, max, IDLE),
+    }
+}
+
+fn start_connection(
+    client: TcpStream,
+    port: u16,
+    target: &Target,
+    pool: &Pool,
+    active: &Arc<AtomicUsize>,
+) {
     active.fetch_add(1, Ordering::SeqCst);
     let slot = Slot(active.clone());
     let target = target.clone();
-    // A connection no thread can be made for is closed (the slot with it).
-    let _ = std::thread::Builder::new()
-        .name("port".into())
-        .stack_size(STACK)
-        .spawn(move || {
-            let _slot = slot;
-            match reach(&target, port) {
-                Some(inner) => {
-                    let _ = client.set_nodelay(true);
-                    twinbox_agent::relay::relay(client.into(), inner);
-                }
-                None => close_cleanly(client),
+    let threads = pool.clone();
+    // A connection the pool has no thread for is closed (the slot with it):
+    // it must not run on a thread outside the box's namespace.
+    let _ = pool.run(Box::new(move || {
+        let _slot = slot;
+        match reach(&target, port) {
+            Some(inner) => {
+                let _ = client.set_nodelay(true);
+                twinbox_agent::relay::relay_on(Some(&threads), client.into(), inner);
             }
-        });
+            None => close_cleanly(client),
+        }
+    }));
 }
 
 /// Ends a connection the box could not take with a FIN, not a reset:
@@ -262,8 +302,8 @@ fn close_cleanly(mut client: TcpStream) {
 /// connection is then closed) if nothing listens there or the box is gone.
 fn reach(target: &Target, port: u16) -> Option<OwnedFd> {
     match target {
-        Target::Netns(ns) => {
-            nix::sched::setns(ns.as_ref(), nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
+        // The pool's thread is in the box's namespace already.
+        Target::Netns(_) => {
             let to = SocketAddr::from(([127, 0, 0, 1], port));
             let s = TcpStream::connect_timeout(&to, CONNECT_TIMEOUT).ok()?;
             let _ = s.set_nodelay(true);

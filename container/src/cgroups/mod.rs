@@ -9,6 +9,7 @@
 //! next one ([`collect_stale`]).
 
 pub mod layout;
+pub mod oci;
 pub mod v1;
 pub mod v2;
 
@@ -155,6 +156,41 @@ impl Cgroup {
             }
         }
         Ok(cg)
+    }
+
+    /// Makes the directories of a plan whose paths were given (an OCI
+    /// bundle's, [`oci::plan`]): with their parents, an existing group
+    /// joined as it is; then the writes. On failure the groups made are
+    /// removed again (the parents stay).
+    pub fn create_at(plan: Plan) -> Result<Self, Error> {
+        let mut cg = Self {
+            plan: Plan {
+                version: plan.version,
+                dirs: Vec::new(),
+            },
+            removed: false,
+        };
+        for dir in plan.dirs {
+            if !dir.path.is_dir() {
+                std::fs::create_dir_all(&dir.path).map_err(io("creating", &dir.path))?;
+            }
+            cg.plan.dirs.push(dir.clone());
+            for w in &dir.writes {
+                let p = dir.path.join(w.file);
+                match std::fs::write(&p, &w.value) {
+                    Err(e) if w.optional && e.kind() == ErrorKind::NotFound => {}
+                    r => r.map_err(io("writing", &p))?,
+                }
+            }
+        }
+        Ok(cg)
+    }
+
+    /// Keeps the groups past this value (the box outlives its launcher)
+    /// and gives their paths, for [`oci::remove`].
+    pub fn keep(mut self) -> Vec<PathBuf> {
+        self.removed = true;
+        self.plan.dirs.iter().map(|d| d.path.clone()).collect()
     }
 
     /// The group directories.

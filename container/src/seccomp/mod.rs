@@ -2,6 +2,9 @@
 //! and why), assembled to BPF at build time by build.rs, so a start only
 //! hands the kernel a ready program.
 
+pub mod filter;
+pub mod syscalls;
+
 #[allow(dead_code)]
 mod profile {
     include!("profile.rs");

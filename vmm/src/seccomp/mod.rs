@@ -122,7 +122,7 @@ mod tests {
         assert_eq!(Thread::Vcpu.allowed().len(), 18);
         assert_eq!(Thread::Vmm.allowed().len(), 21);
         assert_eq!(Thread::Vsock.allowed().len(), 26);
-        assert_eq!(Thread::VcpuShares.allowed().len(), 21);
+        assert_eq!(Thread::VcpuShares.allowed().len(), 22);
         assert_eq!(Thread::Virtiofs.allowed().len(), 21);
         assert!(Thread::Vcpu
             .allowed()
