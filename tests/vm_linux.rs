@@ -768,10 +768,21 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
         let (fds, threads, guest) = udp_before;
         let t0 = std::time::Instant::now();
         while count("fd") > fds || count("task") > threads {
-            assert!(
-                t0.elapsed().as_secs() < 200,
-                "idle UDP flows left descriptors or threads"
-            );
+            if t0.elapsed().as_secs() > 200 {
+                let open: Vec<String> = std::fs::read_dir(format!("/proc/{sup}/fd"))?
+                    .flatten()
+                    .map(|e| {
+                        let link = std::fs::read_link(e.path()).unwrap_or_default();
+                        format!("{}->{}", e.file_name().to_string_lossy(), link.display())
+                    })
+                    .collect();
+                panic!(
+                    "idle UDP flows left descriptors or threads: {} fds ({fds} before), \
+                     {} threads ({threads} before); open: {open:?}",
+                    count("fd"),
+                    count("task")
+                );
+            }
             std::thread::sleep(std::time::Duration::from_millis(500));
         }
         let now = tb_ok(
