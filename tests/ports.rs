@@ -385,6 +385,8 @@ fn a_container_answers_udp_through_published_ports() -> TestResult {
     let sup = inspect(&env, "dns")?["state"]["supervisor"]
         .as_i64()
         .ok_or("supervisor")?;
+    // (The TCP relay's pool keeps a thread 2 s after a connection: the
+    // baseline may hold one, so threads are compared as at most it.)
     let (fd0, th0) = (fds(sup), threads(sup));
     let clients: Vec<_> = (0..50)
         .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
@@ -405,7 +407,11 @@ fn a_container_answers_udp_through_published_ports() -> TestResult {
         "{} descriptors for 50 flows",
         fds(sup) - fd0
     );
-    assert_eq!(threads(sup), th0);
+    assert!(
+        threads(sup) <= th0,
+        "{} threads, {th0} before",
+        threads(sup)
+    );
 
     // More clients than flows are kept (512): each still gets its answer,
     // and the supervisor holds no more than the limit.
@@ -419,7 +425,11 @@ fn a_container_answers_udp_through_published_ports() -> TestResult {
         );
     }
     assert!(fds(sup) <= fd0 + 512, "{} descriptors", fds(sup) - fd0);
-    assert_eq!(threads(sup), th0);
+    assert!(
+        threads(sup) <= th0,
+        "{} threads, {th0} before",
+        threads(sup)
+    );
 
     // Nobody listens on 5353 in the box: no answer, and no harm.
     let c = std::net::UdpSocket::bind("127.0.0.1:0")?;
@@ -461,7 +471,11 @@ fn a_container_answers_udp_through_published_ports() -> TestResult {
     wait_until("the idle flows to close", Duration::from_secs(150), || {
         fds(sup) < fd0
     });
-    assert_eq!(threads(sup), th0);
+    assert!(
+        threads(sup) <= th0,
+        "{} threads, {th0} before",
+        threads(sup)
+    );
     // And a client after that is served anew.
     assert_eq!(
         udp_ask(&first, both, b"again", long)?.as_deref(),
