@@ -5,8 +5,11 @@
 //! address, a port already taken refused before the box starts, many
 //! concurrent connections, half-closes, a box port nobody listens on, the
 //! box removed mid-transfer, and nothing left (descriptors, threads,
-//! listeners, processes) after 1,000 connections and after the box. The
-//! VM box's ports are tested in `vm_linux.rs`.
+//! listeners, processes) after 1,000 connections and after the box. UDP
+//! (`/udp`) with a small echo server put into the box (`udp_echo/echo.c`,
+//! busybox has none): each client its own flow, the same number as tcp
+//! and udp, the flow limit, idle flows closed, nothing left. The VM box's
+//! ports are tested in `vm_linux.rs`.
 
 mod common;
 
@@ -15,7 +18,9 @@ use std::net::{Shutdown, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{code, host_mounts_of, http_get as get, processes_with, stderr, stdout, Env};
+use common::{
+    code, host_mounts_of, http_get as get, processes_with, stderr, stdout, udp_ask, udp_echo, Env,
+};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -277,5 +282,215 @@ fn a_foreground_run_with_a_port_is_served_and_removed_at_its_end() -> TestResult
     assert!(status.success(), "{status:?}");
     assert_eq!(ok(&env, &["ps", "-a", "-q"]), "", "the box was kept");
     assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    Ok(())
+}
+
+/// A port number free for both TCP and UDP on 127.0.0.1 (as far as one
+/// can tell before using it).
+fn free_tcp_and_udp_port() -> Result<u16, Box<dyn std::error::Error>> {
+    for _ in 0..100 {
+        let t = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = t.local_addr()?.port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err("no port free for both".into())
+}
+
+#[test]
+fn a_container_answers_udp_through_published_ports() -> TestResult {
+    let env = env()?;
+    let bin = env.path().join("bin");
+    std::fs::create_dir_all(&bin)?;
+    udp_echo(&bin).ok_or("gcc cannot build tests/udp_echo/echo.c")?;
+    let volume = format!("{}:/h:ro", bin.display());
+    // 53 as tcp (httpd) and udp (the echo server) on one host number;
+    // 5353/udp where nobody listens, on any free port.
+    let both = free_tcp_and_udp_port()?;
+    let (tcp, udp) = (format!("{both}:53"), format!("{both}:53/udp"));
+    ok(
+        &env,
+        &[
+            "run",
+            "-d",
+            "--isolation",
+            "container",
+            "--name",
+            "dns",
+            "-v",
+            &volume,
+            "-p",
+            &tcp,
+            "-p",
+            &udp,
+            "-p",
+            "127.0.0.1::5353/udp",
+            "busybox",
+            "sh",
+            "-c",
+            "mkdir /tmp/w; echo tcp > /tmp/w/index.html; /h/udp-echo 53 & \
+             exec httpd -f -p 53 -h /tmp/w",
+        ],
+    );
+    let dead = host_port(&env, "dns", "5353/udp")?;
+    assert_eq!(
+        ok(&env, &["port", "dns", "53/udp"]),
+        format!("127.0.0.1:{both}")
+    );
+    assert_eq!(
+        ok(&env, &["port", "dns", "53"]),
+        format!("127.0.0.1:{both}")
+    );
+    assert_eq!(
+        ok(&env, &["port", "dns"]),
+        format!(
+            "53/tcp -> 127.0.0.1:{both}\n53/udp -> 127.0.0.1:{both}\n\
+             5353/udp -> 127.0.0.1:{dead}"
+        )
+    );
+    let ps = ok(&env, &["ps"]);
+    assert!(
+        ps.contains(&format!(
+            "127.0.0.1:{both}->53/tcp, 127.0.0.1:{both}->53/udp, 127.0.0.1:{dead}->5353/udp"
+        )),
+        "{ps}"
+    );
+
+    // The echo server answers through the published port, from it.
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let short = Duration::from_millis(200);
+    wait_until("the echo server", Duration::from_secs(30), || {
+        udp_ask(&probe, both, b"ping", short).is_ok_and(|a| a.as_deref() == Some(b"ping"))
+    });
+    // The probe may have late echoes in flight: the checks take a client
+    // of their own.
+    let first = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    // TCP on the same number is httpd.
+    assert!(get(both, "/index.html")?.0.contains("200"));
+    let long = Duration::from_secs(10);
+    // Sizes: empty, one byte, the largest a datagram carries.
+    for size in [0, 1, 1472, 65507] {
+        let d = vec![b'u'; size];
+        assert_eq!(udp_ask(&first, both, &d, long)?, Some(d), "{size} bytes");
+    }
+    // Not on the host's other addresses.
+    let elsewhere = std::net::UdpSocket::bind("127.0.0.2:0")?;
+    elsewhere.set_read_timeout(Some(short))?;
+    let _ = elsewhere.send_to(b"ping", ("127.0.0.2", both));
+    assert!(elsewhere.recv_from(&mut [0u8; 16]).is_err());
+
+    // Each client is its own flow: its own source address in the box,
+    // kept across its datagrams.
+    let sup = inspect(&env, "dns")?["state"]["supervisor"]
+        .as_i64()
+        .ok_or("supervisor")?;
+    // (The TCP relay's pool keeps a thread 2 s after a connection: the
+    // baseline may hold one, so threads are compared as at most it.)
+    let (fd0, th0) = (fds(sup), threads(sup));
+    let clients: Vec<_> = (0..50)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    let mut seen = std::collections::HashSet::new();
+    for c in &clients {
+        let who = udp_ask(c, both, b"whoami", long)?.ok_or("no answer")?;
+        assert_eq!(udp_ask(c, both, b"whoami", long)?.as_ref(), Some(&who));
+        let who = String::from_utf8(who)?;
+        assert!(who.starts_with("127.0.0.1:"), "{who}");
+        seen.insert(who);
+    }
+    assert_eq!(seen.len(), 50, "clients shared a flow");
+    drop(clients);
+    // A flow is a socket, not a thread.
+    assert!(
+        fds(sup) <= fd0 + 50,
+        "{} descriptors for 50 flows",
+        fds(sup) - fd0
+    );
+    assert!(
+        threads(sup) <= th0,
+        "{} threads, {th0} before",
+        threads(sup)
+    );
+
+    // More clients than flows are kept (512): each still gets its answer,
+    // and the supervisor holds no more than the limit.
+    for i in 0..600u32 {
+        let c = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let d = i.to_le_bytes();
+        assert_eq!(
+            udp_ask(&c, both, &d, long)?.as_deref(),
+            Some(&d[..]),
+            "client {i}"
+        );
+    }
+    assert!(fds(sup) <= fd0 + 512, "{} descriptors", fds(sup) - fd0);
+    assert!(
+        threads(sup) <= th0,
+        "{} threads, {th0} before",
+        threads(sup)
+    );
+
+    // Nobody listens on 5353 in the box: no answer, and no harm.
+    let c = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    assert_eq!(
+        udp_ask(&c, dead, b"anyone?", Duration::from_millis(500))?,
+        None
+    );
+    assert_eq!(
+        udp_ask(&first, both, b"still", long)?.as_deref(),
+        Some(&b"still"[..])
+    );
+
+    // A UDP port already taken is refused before the box starts.
+    let taken = format!("127.0.0.1:{both}:53/udp");
+    let out = env.run(&[
+        "run",
+        "-d",
+        "--isolation",
+        "container",
+        "--name",
+        "second",
+        "-p",
+        &taken,
+        "busybox",
+        "sleep",
+        "101",
+    ]);
+    assert_eq!(code(&out), 125, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("127.0.0.1:{both}/udp: it is already in use")),
+        "{}",
+        stderr(&out)
+    );
+    assert!(processes_with("sleep 101").is_empty(), "the box ran anyway");
+    ok(&env, &["rm", "second"]);
+
+    // Idle flows are closed (after 90 s, as Docker's proxy): the
+    // descriptors go back to what they were before any of them.
+    wait_until("the idle flows to close", Duration::from_secs(150), || {
+        fds(sup) < fd0
+    });
+    assert!(
+        threads(sup) <= th0,
+        "{} threads, {th0} before",
+        threads(sup)
+    );
+    // And a client after that is served anew.
+    assert_eq!(
+        udp_ask(&first, both, b"again", long)?.as_deref(),
+        Some(&b"again"[..])
+    );
+
+    // The box goes: nothing is left, the ports are free again.
+    ok(&env, &["rm", "-f", "dns"]);
+    wait_until("the supervisor to end", Duration::from_secs(10), || {
+        !std::path::Path::new(&format!("/proc/{sup}")).exists()
+    });
+    assert!(std::net::UdpSocket::bind(("127.0.0.1", both)).is_ok());
+    assert!(std::net::UdpSocket::bind(("127.0.0.1", dead)).is_ok());
+    assert!(std::net::TcpListener::bind(("127.0.0.1", both)).is_ok());
+    assert!(processes_with("/h/udp-echo").is_empty());
+    assert!(host_mounts_of(&env).is_empty());
     Ok(())
 }

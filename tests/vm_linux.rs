@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::pty::Pty;
-use common::{code, http_get, stderr, stdout, Env};
+use common::{code, http_get, stderr, stdout, udp_ask, Env};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -40,6 +40,8 @@ enum Where {
 const WHERE_VAR: &str = "TWINBOX_TEST_HYPERVISOR";
 /// Where the nested run carries the host's store (with busybox:latest).
 const STORE_VAR: &str = "TWINBOX_TEST_STORE";
+/// Where the nested run carries the host's build of the UDP echo server.
+const UDP_ECHO_VAR: &str = "TWINBOX_TEST_UDP_ECHO";
 
 impl Where {
     fn here() -> Self {
@@ -461,6 +463,8 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
             "8000",
             "-p",
             "127.0.0.1::9",
+            "-p",
+            "8000/udp",
             "busybox",
             "sh",
             "-c",
@@ -553,6 +557,84 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
     std::io::Write::write_all(&mut c, b"GET / HTTP/1.0\r\n\r\n")?;
     let mut nothing = Vec::new();
     assert!(std::io::Read::read_to_end(&mut c, &mut nothing).is_ok_and(|n| n == 0));
+
+    // UDP on the same number: an echo server (busybox has none) put
+    // into the guest through exec's stdin, beside httpd's 8000/tcp.
+    let uport = port_of("8000/udp")?;
+    assert!(
+        line.contains(&format!("127.0.0.1:{uport}->8000/udp")),
+        "{line}"
+    );
+    // Built on the host: the nested machine has no compiler, so the
+    // nested run carries the host's build in.
+    let bin = tempfile::tempdir()?;
+    let echo = match std::env::var_os(UDP_ECHO_VAR) {
+        Some(p) => PathBuf::from(p),
+        None => common::udp_echo(bin.path()).ok_or("gcc cannot build the UDP echo server")?,
+    };
+    let mut up = tb(
+        env,
+        k,
+        &[
+            "exec",
+            "-i",
+            "vmweb",
+            "sh",
+            "-c",
+            "cat > /tmp/udp-echo && chmod +x /tmp/udp-echo",
+        ],
+    )
+    .stdin(std::process::Stdio::piped())
+    .spawn()?;
+    std::io::Write::write_all(up.stdin.as_mut().ok_or("stdin")?, &std::fs::read(&echo)?)?;
+    drop(up.stdin.take());
+    assert!(up.wait()?.success(), "the echo server did not go in");
+    tb_ok(env, k, &["exec", "-d", "vmweb", "/tmp/udp-echo", "8000"])?;
+    let guest_threads = || {
+        tb_ok(
+            env,
+            k,
+            &["exec", "vmweb", "sh", "-c", "ls /proc/1/task | wc -l"],
+        )
+    };
+    // The UDP flows' baseline, checked again once they are idle.
+    let udp_before = (count("fd"), count("task"), guest_threads()?);
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let t0 = std::time::Instant::now();
+    let second = std::time::Duration::from_secs(1);
+    while udp_ask(&probe, uport, b"ping", second)?.as_deref() != Some(b"ping") {
+        assert!(
+            t0.elapsed().as_secs() < 120,
+            "the guest's echo server never answered"
+        );
+    }
+    // The probe's late echoes may still come: a client of its own.
+    let first = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let long = std::time::Duration::from_secs(60);
+    for size in [0, 1, 1472, 65507] {
+        let d = vec![b'v'; size];
+        assert_eq!(udp_ask(&first, uport, &d, long)?, Some(d), "{size} bytes");
+    }
+    // A flow per client, kept across its datagrams.
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..8 {
+        let c = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let who = udp_ask(&c, uport, b"whoami", long)?.ok_or("no answer")?;
+        assert_eq!(udp_ask(&c, uport, b"whoami", long)?.as_ref(), Some(&who));
+        seen.insert(who);
+    }
+    assert_eq!(seen.len(), 8, "clients shared a flow");
+    let open: u32 = guest_threads()?.parse()?;
+    assert!(open > 10, "{open} threads in the guest's init for 10 flows");
+    // Ten flows are open: their descriptors stay until they are idle
+    // (checked below, after the rest of this test), their openers'
+    // threads are gone now.
+    assert!(count("fd") > udp_before.0);
+    let t0 = std::time::Instant::now();
+    while count("task") > udp_before.1 {
+        assert!(t0.elapsed().as_secs() < 30, "flow openers left threads");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     // exec: in the guest (its own kernel), status, both streams, env, cwd.
     let out = tb(
@@ -685,6 +767,41 @@ fn a_vm_box_lives_execs_stops_and_is_removed() -> TestResult {
         &["run", "-d", "--name", "vmquick", "busybox", "true"],
     )?;
     assert_eq!(tb_ok(env, k, &["wait", "vmquick"])?, "0");
+
+    // The UDP flows, idle now for a while, are closed after 90 s: the
+    // supervisor's descriptors and threads and the guest init's threads
+    // are what they were before them.
+    {
+        let (fds, threads, guest) = udp_before;
+        let t0 = std::time::Instant::now();
+        while count("fd") > fds || count("task") > threads {
+            if t0.elapsed().as_secs() > 200 {
+                let open: Vec<String> = std::fs::read_dir(format!("/proc/{sup}/fd"))?
+                    .flatten()
+                    .map(|e| {
+                        let link = std::fs::read_link(e.path()).unwrap_or_default();
+                        format!("{}->{}", e.file_name().to_string_lossy(), link.display())
+                    })
+                    .collect();
+                panic!(
+                    "idle UDP flows left descriptors or threads: {} fds ({fds} before), \
+                     {} threads ({threads} before); open: {open:?}",
+                    count("fd"),
+                    count("task")
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        let now = tb_ok(
+            env,
+            k,
+            &["exec", "vmweb", "sh", "-c", "ls /proc/1/task | wc -l"],
+        )?;
+        assert!(
+            now.parse::<u32>()? <= guest.parse::<u32>()?,
+            "the guest's flow threads: {now}, {guest} before"
+        );
+    }
 
     // cp both ways, through the guest agent.
     vm_cp(env, k, "vmweb")?;
@@ -1493,9 +1610,10 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
     let built = env.run(&["image", "build-base"]);
     assert_eq!(code(&built), 0, "{}", stderr(&built));
 
+    let echo = common::udp_echo(env.path()).ok_or("gcc cannot build the UDP echo server")?;
     let plan = serde_json::json!({
         "put": [
-            {"host": me}, {"host": null_guest}, {"host": snapshot}, {"host": twinbox}, {"host": static_init},
+            {"host": me}, {"host": echo}, {"host": null_guest}, {"host": snapshot}, {"host": twinbox}, {"host": static_init},
             {"host": static_probe},
             {"host": kernel_dir.join("vmlinux")}, {"host": kernel_dir.join("config")},
             {"host": kernel_dir.join("build.json")},
@@ -1504,6 +1622,7 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
         "env": [
             [WHERE_VAR, "nested-svm"],
             [STORE_VAR, env.home()],
+            [UDP_ECHO_VAR, echo],
             ["TWINBOX_KERNEL", vmlinux],
             ["RUST_BACKTRACE", "1"],
         ],

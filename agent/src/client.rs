@@ -4,7 +4,8 @@
 //! ([`Client::recv`], [`Client::wait`]); a [`Sender`] sends stdin,
 //! signals and resizes, from another thread if need be
 //! ([`Client::try_sender`] for a `UnixStream`); or make a fresh
-//! connection a guest TCP port's stream ([`forward`]).
+//! connection a guest TCP port's stream ([`forward`]) or a flow of a guest
+//! UDP port's datagrams ([`forward_udp`]).
 
 use std::collections::VecDeque;
 use std::ffi::OsStr;
@@ -97,12 +98,23 @@ const MAX_BEFORE_FORWARDING: usize = 8;
 /// and waits for `Forwarding`. Frames are read exactly, header then
 /// payload, so nothing of the port's own bytes is read here. The caller
 /// bounds the wait (a read timeout on the stream).
-pub fn forward<S: Read + Write>(mut stream: S, port: u16) -> Result<S, Error> {
+pub fn forward<S: Read + Write>(stream: S, port: u16) -> Result<S, Error> {
+    forward_as(stream, &Message::Forward { port })
+}
+
+/// Makes `stream`, a fresh connection to the agent, one flow of the
+/// guest's UDP `port` on 127.0.0.1: as [`forward`], with `ForwardUdp`;
+/// the stream then carries datagrams framed by [`crate::datagram`].
+pub fn forward_udp<S: Read + Write>(stream: S, port: u16) -> Result<S, Error> {
+    forward_as(stream, &Message::ForwardUdp { port })
+}
+
+fn forward_as<S: Read + Write>(mut stream: S, request: &Message) -> Result<S, Error> {
     let mut out = Message::Hello {
         version: u32::from(VERSION),
     }
     .encode()?;
-    Message::Forward { port }.encode_into(&mut out)?;
+    request.encode_into(&mut out)?;
     stream.write_all(&out)?;
     for _ in 0..MAX_BEFORE_FORWARDING {
         let mut h = [0u8; HEADER_LEN];
@@ -460,6 +472,36 @@ mod tests {
         }
         guest.write_all(&out)?;
         assert!(matches!(forward(host, 1), Err(Error::Closed)));
+        Ok(())
+    }
+
+    #[test]
+    fn forward_udp_asks_for_the_udp_port_and_leaves_the_datagrams(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let (host, mut guest) = UnixStream::pair()?;
+        let t = std::thread::spawn(move || -> Result<Vec<Message>, Error> {
+            let mut d = MessageDecoder::new();
+            let mut buf = [0u8; 256];
+            let mut got = Vec::new();
+            while got.len() < 2 {
+                let n = guest.read(&mut buf)?;
+                d.feed(&buf[..n]);
+                while let Some(m) = d.next_message()? {
+                    got.push(m);
+                }
+            }
+            let mut out = Message::Hello { version: 1 }.encode()?;
+            Message::Forwarding.encode_into(&mut out)?;
+            let _ = crate::datagram::encode_into(b"reply", &mut out);
+            guest.write_all(&out)?;
+            Ok(got)
+        });
+        let mut s = forward_udp(host, 5353)?;
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest)?;
+        assert_eq!(rest, b"\x05\x00reply");
+        let asked = t.join().map_err(|_| "guest thread")??;
+        assert_eq!(asked[1], Message::ForwardUdp { port: 5353 });
         Ok(())
     }
 

@@ -85,6 +85,8 @@ pub enum Kind {
     Up = 19,
     /// The whole tree is sent (and, from the guest after a `CopyIn`, applied).
     CopyEnd = 20,
+    /// Connect this connection to a UDP port in the guest (datagrams).
+    ForwardUdp = 21,
 }
 
 impl Kind {
@@ -111,6 +113,7 @@ impl Kind {
             18 => Kind::Data,
             19 => Kind::Up,
             20 => Kind::CopyEnd,
+            21 => Kind::ForwardUdp,
             _ => return None,
         })
     }

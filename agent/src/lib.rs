@@ -54,6 +54,7 @@
 //! | 18 | `Data` | both | bytes of the file entry before it |
 //! | 19 | `Up` | both | empty: the directory entered last ends |
 //! | 20 | `CopyEnd` | both | empty: the tree is complete (from the guest after `CopyIn`: written) |
+//! | 21 | `ForwardUdp` | host to guest | port u16, 1 to 65535 |
 //!
 //! A connection opens with `Hello` from each side, each carrying
 //! [`VERSION`]; a peer with another version is refused with an error
@@ -84,9 +85,18 @@
 //! Sizes are announced, so a receiver refuses one over its limit before a
 //! byte of it arrives. [`copy`] walks, writes, sends and receives trees
 //! for both sides, and for the container box's copies too.
+//!
+//! A published UDP port takes one connection per flow (a host client
+//! address): after `Hello` the host sends `ForwardUdp{port}`; the agent
+//! makes a UDP socket connected to `127.0.0.1:port` in the guest and says
+//! `Forwarding`, after which the connection carries that socket's
+//! datagrams both ways, each a u16 length and its bytes, at most
+//! [`datagram::MAX_DATAGRAM`] ([`datagram`]). Closing the connection ends
+//! the flow. [`client::forward_udp`] is the host's side.
 
 pub mod client;
 pub mod copy;
+pub mod datagram;
 pub mod frame;
 pub mod message;
 pub mod pool;

@@ -69,8 +69,8 @@ pub enum Error {
     /// A signal number out of range.
     #[error("signal {0} is not 1 to {MAX_SIGNAL}")]
     Signal(u32),
-    /// A `Forward` to port 0.
-    #[error("Forward to port 0")]
+    /// A `Forward` or `ForwardUdp` to port 0.
+    #[error("forward to port 0")]
     Port,
     /// Copy flag bits this version does not know.
     #[error("copy flags {0:#04x} has unknown bits")]
@@ -301,7 +301,9 @@ pub enum Message {
         port: u16,
     },
     /// The guest is connected to the port: from the end of this frame on,
-    /// the connection carries that TCP stream's bytes, both ways, unframed.
+    /// the connection carries that TCP stream's bytes, both ways, unframed
+    /// (after `Forward`), or that UDP port's datagrams, each framed by
+    /// [`crate::datagram`] (after `ForwardUdp`).
     Forwarding,
     /// Send the tree at guest `path` (sent after `Hello`, alone on its
     /// connection): the agent answers with the tree's entries and
@@ -338,6 +340,13 @@ pub enum Message {
     Up,
     /// The tree is complete (or, from the agent after `CopyIn`, written).
     CopyEnd,
+    /// Make this connection carry datagrams to and from the guest's UDP
+    /// `port` on 127.0.0.1 (one flow of a published UDP port). Sent after
+    /// `Hello`, and nothing after it until the answer.
+    ForwardUdp {
+        /// The port, 1 to 65535.
+        port: u16,
+    },
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -392,6 +401,7 @@ impl Message {
             Message::Data { .. } => Kind::Data,
             Message::Up => Kind::Up,
             Message::CopyEnd => Kind::CopyEnd,
+            Message::ForwardUdp { .. } => Kind::ForwardUdp,
         }
     }
 
@@ -407,7 +417,8 @@ impl Message {
             | Message::Entry(_)
             | Message::Data { .. }
             | Message::Up
-            | Message::CopyEnd => 0,
+            | Message::CopyEnd
+            | Message::ForwardUdp { .. } => 0,
             Message::Exec(e) => e.id,
             Message::Started { id, .. }
             | Message::Stdin { id, .. }
@@ -451,7 +462,7 @@ impl Message {
             }
             Message::Exited { code, .. } => code.to_le_bytes().to_vec(),
             Message::Failed { message, .. } => message.as_bytes().to_vec(),
-            Message::Forward { port } => port.to_le_bytes().to_vec(),
+            Message::Forward { port } | Message::ForwardUdp { port } => port.to_le_bytes().to_vec(),
             Message::CopyOut { contents, path } | Message::CopyIn { contents, path } => {
                 copy_payload(*contents, path)
             }
@@ -488,6 +499,7 @@ impl Message {
             Message::Exec(_)
                 | Message::Signal { .. }
                 | Message::Forward { .. }
+                | Message::ForwardUdp { .. }
                 | Message::CopyOut { .. }
                 | Message::CopyIn { .. }
                 | Message::Entry(_)
@@ -567,6 +579,10 @@ impl Message {
             Kind::Data => Message::Data { data: r.rest() },
             Kind::Up => Message::Up,
             Kind::CopyEnd => Message::CopyEnd,
+            Kind::ForwardUdp => match r.u16()? {
+                0 => return Err(Error::Port),
+                port => Message::ForwardUdp { port },
+            },
         };
         r.end()?;
         Ok(m)
@@ -859,6 +875,8 @@ mod tests {
             }),
             Message::Up,
             Message::CopyEnd,
+            Message::ForwardUdp { port: 53 },
+            Message::ForwardUdp { port: 65535 },
         ]
     }
 
@@ -1176,6 +1194,18 @@ mod tests {
                 kind: Kind::Forward
             })
         );
+        assert_eq!(
+            decode_one(&frame(Kind::ForwardUdp, 0, &0u16.to_le_bytes())),
+            Err(Error::Port)
+        );
+        assert_eq!(
+            decode_one(&frame(Kind::ForwardUdp, 0, &[53, 0, 0])),
+            Err(Error::Trailing {
+                kind: Kind::ForwardUdp,
+                extra: 1
+            })
+        );
+        assert_eq!(Message::ForwardUdp { port: 0 }.encode(), Err(Error::Port));
         assert_eq!(
             decode_one(&frame(Kind::Forwarding, 0, b"x")),
             Err(Error::Trailing {

@@ -92,3 +92,57 @@ fn the_agent_tree_corpus_is_received_or_refused_cleanly() -> Result<(), Box<dyn 
     assert!(refused >= 8, "only {refused} streams are refused");
     Ok(())
 }
+
+/// Replays the corpus of `fuzz/fuzz_targets/agent_datagram.rs` with the
+/// target's property: any byte stream decodes into datagrams of at most
+/// `MAX_DATAGRAM` bytes, which framed again are the bytes they came from,
+/// or fails exactly at a length over the limit.
+#[test]
+fn the_agent_datagram_corpus_decodes_or_fails_cleanly() -> Result<(), Box<dyn std::error::Error>> {
+    use twinbox_agent::datagram::{self, Decoder, MAX_DATAGRAM};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/agent_datagram");
+    let (mut inputs, mut decoded, mut refused) = (0, 0, 0);
+    for e in std::fs::read_dir(&dir)? {
+        let data = std::fs::read(e?.path())?;
+        inputs += 1;
+        let mut d = Decoder::new();
+        let mut again = Vec::new();
+        let mut rest = &data[..];
+        let mut failed = false;
+        while !rest.is_empty() && !failed {
+            let took = d.feed(rest);
+            rest = &rest[took..];
+            loop {
+                match d.next_datagram() {
+                    Ok(Some(g)) => {
+                        assert!(g.len() <= MAX_DATAGRAM);
+                        decoded += 1;
+                        datagram::encode_into(g, &mut again)?;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        let at = again.len();
+                        let len = u16::from_le_bytes([data[at], data[at + 1]]);
+                        assert!(usize::from(len) > MAX_DATAGRAM);
+                        refused += 1;
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            assert!(failed || d.pending() < Decoder::CAPACITY);
+        }
+        assert_eq!(&again[..], &data[..again.len()]);
+        if !failed {
+            assert_eq!(again.len() + d.pending(), data.len());
+        }
+    }
+    assert!(
+        inputs >= 5,
+        "only {inputs} corpus files in {}",
+        dir.display()
+    );
+    assert!(decoded >= 5, "only {decoded} datagrams decode");
+    assert!(refused >= 2, "only {refused} inputs are refused");
+    Ok(())
+}

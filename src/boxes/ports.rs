@@ -35,8 +35,8 @@ pub enum Error {
         /// What was there.
         ip: String,
     },
-    /// A protocol other than tcp.
-    #[error("-p {spec:?}: {proto:?}: only tcp ports are published (udp is not done yet)")]
+    /// A protocol other than tcp and udp.
+    #[error("-p {spec:?}: {proto:?}: only tcp and udp ports are published")]
     Proto {
         /// The whole `-p`.
         spec: String,
@@ -46,7 +46,7 @@ pub enum Error {
     /// A range (`8000-8010:8000-8010`).
     #[error("-p {0:?}: port ranges are not supported; give each port its own -p")]
     Range(String),
-    /// The same host address and port twice.
+    /// The same host address, port and protocol twice.
     #[error("-p: host port {0} is published twice")]
     Twice(String),
 }
@@ -57,12 +57,15 @@ pub enum Error {
 pub enum Proto {
     /// TCP.
     Tcp,
+    /// UDP.
+    Udp,
 }
 
 impl fmt::Display for Proto {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
         })
     }
 }
@@ -140,7 +143,7 @@ fn port(spec: &str, what: &'static str, s: &str, zero_ok: bool) -> Result<u16, E
 impl PortSpec {
     /// Reads one `-p`: `BOX_PORT`, `HOST_PORT:BOX_PORT`,
     /// `IP:HOST_PORT:BOX_PORT`, `IP::BOX_PORT` (any free host port on IP),
-    /// each with an optional `/tcp`; IPv6 addresses in brackets
+    /// each with an optional `/tcp` or `/udp`; IPv6 addresses in brackets
     /// (`[::1]:8080:80`).
     pub fn parse(spec: &str) -> Result<PortSpec, Error> {
         let (addr, proto) = match spec.rsplit_once('/') {
@@ -149,6 +152,7 @@ impl PortSpec {
         };
         let proto = match proto.to_ascii_lowercase().as_str() {
             "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
             _ => {
                 return Err(Error::Proto {
                     spec: spec.into(),
@@ -196,8 +200,9 @@ impl PortSpec {
         })
     }
 
-    /// All of `-p`'s values; the same fixed host address and port twice is
-    /// an error here, before anything is bound.
+    /// All of `-p`'s values; the same fixed host address and port twice
+    /// for one protocol is an error here, before anything is bound (a TCP
+    /// and a UDP port of the same number are two ports).
     pub fn parse_all(specs: &[String]) -> Result<Vec<PortSpec>, Error> {
         let out: Vec<PortSpec> = specs
             .iter()
@@ -205,11 +210,15 @@ impl PortSpec {
             .collect::<Result<_, _>>()?;
         for (i, a) in out.iter().enumerate() {
             if a.host_port != 0
-                && out[..i]
-                    .iter()
-                    .any(|b| b.host_port == a.host_port && b.host_ip == a.host_ip)
+                && out[..i].iter().any(|b| {
+                    b.host_port == a.host_port && b.host_ip == a.host_ip && b.proto == a.proto
+                })
             {
-                return Err(Error::Twice(host(&a.host_ip, a.host_port)));
+                return Err(Error::Twice(format!(
+                    "{}/{}",
+                    host(&a.host_ip, a.host_port),
+                    a.proto
+                )));
             }
         }
         Ok(out)
@@ -251,6 +260,15 @@ mod tests {
         assert_eq!(p("127.0.0.1::80"), spec(lo, 0, 80));
         assert_eq!(p("[::1]:8080:80"), spec(v6, 8080, 80));
         assert_eq!(p("[::1]::80/tcp"), spec(v6, 0, 80));
+        let udp = |host_ip, host_port, box_port| PortSpec {
+            proto: Proto::Udp,
+            ..spec(host_ip, host_port, box_port)
+        };
+        assert_eq!(p("5353:53/udp"), udp(lo, 5353, 53));
+        assert_eq!(p("53/UDP"), udp(lo, 0, 53));
+        assert_eq!(p("127.0.0.1::53/udp"), udp(lo, 0, 53));
+        assert_eq!(p("0.0.0.0:5353:53/udp"), udp(all, 5353, 53));
+        assert_eq!(p("[::1]:5353:53/udp"), udp(v6, 5353, 53));
     }
 
     #[test]
@@ -272,7 +290,11 @@ mod tests {
             Err(Error::Ip { .. })
         ));
         assert!(matches!(
-            PortSpec::parse("53:53/udp"),
+            PortSpec::parse("53:53/sctp"),
+            Err(Error::Proto { .. })
+        ));
+        assert!(matches!(
+            PortSpec::parse("53:53/"),
             Err(Error::Proto { .. })
         ));
         assert!(matches!(
@@ -280,7 +302,11 @@ mod tests {
             Err(Error::Range(_))
         ));
         let twice = PortSpec::parse_all(&["8080:80".into(), "127.0.0.1:8080:81".into()]);
-        assert_eq!(twice, Err(Error::Twice("127.0.0.1:8080".into())));
+        assert_eq!(twice, Err(Error::Twice("127.0.0.1:8080/tcp".into())));
+        let twice = PortSpec::parse_all(&["53:53/udp".into(), "53:54/udp".into()]);
+        assert_eq!(twice, Err(Error::Twice("127.0.0.1:53/udp".into())));
+        // The same number as tcp and as udp is two ports, as in Docker.
+        assert!(PortSpec::parse_all(&["53:53".into(), "53:53/udp".into()]).is_ok());
         // Any free port twice is two ports.
         assert!(PortSpec::parse_all(&["80".into(), "80".into()]).is_ok());
     }
@@ -299,9 +325,17 @@ mod tests {
             host_ip: "::1".parse().unwrap_or(b.host_ip),
             ..b.clone()
         };
+        let udp = Binding {
+            host_port: 5353,
+            box_port: 53,
+            proto: Proto::Udp,
+            ..b.clone()
+        };
+        assert_eq!(udp.ps(), "127.0.0.1:5353->53/udp");
+        assert_eq!(udp.port_line(), "53/udp -> 127.0.0.1:5353");
         assert_eq!(
-            ps_column(&[b, v6]),
-            "127.0.0.1:8080->80/tcp, [::1]:8080->80/tcp"
+            ps_column(&[b, v6, udp]),
+            "127.0.0.1:8080->80/tcp, [::1]:8080->80/tcp, 127.0.0.1:5353->53/udp"
         );
     }
 }

@@ -184,16 +184,24 @@ impl Agent {
         if x.detach {
             return Ok(ExecHandle { id, sender });
         }
+        // The stdin pump stops when the process has ended (its end of
+        // this pipe closes): the caller's stdin is often its terminal,
+        // which outlives the exec, and must not be read after it.
+        let mut pump_stop = None;
         if let (true, Some(input)) = (x.interactive, stdin) {
             let s = sender.clone();
+            let (stop_r, stop_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                .map_err(|e| err(format!("a pipe for the exec's stdin: {e}")))?;
+            pump_stop = Some(stop_w);
             let _ = std::thread::Builder::new()
                 .name(format!("exec-{id}-in"))
-                .spawn(move || pump_stdin(input, id, &s));
+                .spawn(move || pump_stdin(input, id, &s, &stop_r));
         }
         let _ = std::thread::Builder::new()
             .name(format!("exec-{id}"))
             .spawn(move || {
                 let code = relay_output(&mut c, id, stdout, stderr);
+                drop(pump_stop);
                 let r = match code {
                     Ok(code) => Reply::Exit { code },
                     Err(e) => Reply::Error {
@@ -235,10 +243,35 @@ impl ExecHandle {
     }
 }
 
-fn pump_stdin(input: OwnedFd, id: u32, s: &Mutex<Sender<UnixStream>>) {
+/// Sends what `input` gives as `id`'s stdin, until it ends or `stop`'s
+/// other end is closed (the process ended).
+fn pump_stdin(input: OwnedFd, id: u32, s: &Mutex<Sender<UnixStream>>, stop: &OwnedFd) {
     let mut f = std::fs::File::from(input);
     let mut buf = vec![0u8; 32 << 10];
     loop {
+        let mut fds = [
+            libc::pollfd {
+                fd: f.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: poll on the array we own, its length.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return;
+        }
+        if fds[1].revents != 0 {
+            return;
+        }
         let n = match f.read(&mut buf) {
             Ok(0) | Err(_) => 0,
             Ok(n) => n,

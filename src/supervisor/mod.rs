@@ -41,6 +41,7 @@ use crate::terminal;
 
 pub mod guest;
 pub mod ports;
+pub mod udp;
 
 /// How long the box's output is drained after its first process ended.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
@@ -105,6 +106,17 @@ enum Box_ {
         /// Its exit code, once it ended: the box's.
         main_code: Option<i32>,
     },
+}
+
+/// A VM exec's handle goes with the client that started it: the handle
+/// holds a clone of the exec's agent connection, which would otherwise
+/// stay open (two descriptors here, one in the guest) after every exec,
+/// and a detached one's for as long as the box lives. The exec's own
+/// thread keeps its connection while the process runs.
+fn forget_vm_exec(b: &mut Box_, client: u64) {
+    if let Box_::Vm { execs, .. } = b {
+        execs.remove(&client);
+    }
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -741,6 +753,7 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
             };
             if n == 0 {
                 sup.clients.remove(cid);
+                forget_vm_exec(&mut the_box, *cid);
                 continue;
             }
             c.buf.extend_from_slice(&buf[..n]);
@@ -748,6 +761,7 @@ fn supervise(home: &Path, id: &str, ready: &mut Ready) -> Result<u8> {
                 Ok(l) => l,
                 Err(_) => {
                     sup.clients.remove(cid);
+                    forget_vm_exec(&mut the_box, *cid);
                     continue;
                 }
             };

@@ -16,6 +16,8 @@
 //! box starts ([`bind`]), so a port already taken is an error before
 //! anything runs. At most [`MAX_CONNECTIONS`] at once per box: beyond
 //! that, new connections wait in the listen queue.
+//!
+//! `/udp` ports are bound here too and served by [`super::udp`].
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -62,15 +64,23 @@ pub enum Error {
     /// The listening thread or its wake pipe could not be made.
     #[error("starting the port listener")]
     Start(#[source] std::io::Error),
+    /// A UDP port (`super::udp`).
+    #[error(transparent)]
+    Udp(#[from] super::udp::Error),
 }
 
-/// The bound listeners of a box, not yet served.
-pub struct Listeners(Vec<(Binding, TcpListener)>);
+/// The bound listeners of a box, not yet served (and its UDP sockets).
+pub struct Listeners(Vec<(Binding, TcpListener)>, super::udp::Sockets);
 
 /// Binds every port of `specs`, in order; nothing stays bound on error.
 pub fn bind(specs: &[PortSpec]) -> Result<Listeners, Error> {
     let mut out = Vec::new();
+    let mut udp = super::udp::Sockets::default();
     for s in specs {
+        if s.proto == crate::boxes::ports::Proto::Udp {
+            udp.bind(s)?;
+            continue;
+        }
         let addr = SocketAddr::new(s.host_ip, s.host_port);
         let l = TcpListener::bind(addr).map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => Error::Taken { addr },
@@ -91,18 +101,19 @@ pub fn bind(specs: &[PortSpec]) -> Result<Listeners, Error> {
             l,
         ));
     }
-    Ok(Listeners(out))
+    Ok(Listeners(out, udp))
 }
 
 impl Listeners {
     /// What was bound, for the box's record.
     pub fn bindings(&self) -> Vec<Binding> {
-        self.0.iter().map(|(b, _)| b.clone()).collect()
+        let tcp = self.0.iter().map(|(b, _)| b.clone());
+        tcp.chain(self.1.bindings()).collect()
     }
 
     /// Whether there is nothing to serve.
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && self.1.is_empty()
     }
 }
 
@@ -121,6 +132,7 @@ pub struct Server {
     stop: Option<OwnedFd>,
     thread: Option<std::thread::JoinHandle<()>>,
     active: Arc<AtomicUsize>,
+    _udp: super::udp::Server,
 }
 
 impl Server {
@@ -141,7 +153,9 @@ impl Drop for Server {
 }
 
 /// Starts taking connections on `l` into `target`.
-pub fn serve(l: Listeners, target: Target) -> Result<Server, Error> {
+pub fn serve(mut l: Listeners, target: Target) -> Result<Server, Error> {
+    let udp = std::mem::take(&mut l.1);
+    let udp = super::udp::serve(udp, target.clone(), Default::default())?;
     let (stop_r, stop_w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Start(e.into()))?;
     let active = Arc::new(AtomicUsize::new(0));
@@ -154,6 +168,7 @@ pub fn serve(l: Listeners, target: Target) -> Result<Server, Error> {
         stop: Some(stop_w),
         thread: Some(thread),
         active,
+        _udp: udp,
     })
 }
 

@@ -239,3 +239,55 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(String, usize)> {
         .unwrap_or(0);
     Ok((status, body))
 }
+
+/// Builds `tests/udp_echo/echo.c`, a libc-free static UDP echo server
+/// (busybox has none), as `dir/udp-echo`; its path, or `None` if gcc
+/// cannot build it.
+pub fn udp_echo(dir: &Path) -> Option<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/udp_echo/echo.c");
+    let bin = dir.join("udp-echo");
+    let ok = Command::new("gcc")
+        .args([
+            "-static",
+            "-nostdlib",
+            "-ffreestanding",
+            "-fno-stack-protector",
+            "-fno-pie",
+            "-no-pie",
+            "-s",
+            "-O2",
+            "-o",
+        ])
+        .arg(&bin)
+        .arg(&src)
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then_some(bin)
+}
+
+/// Sends `what` from `c` to 127.0.0.1:`port` and reads one answer, which
+/// must come from that address; `None` if none comes in `wait`.
+pub fn udp_ask(
+    c: &std::net::UdpSocket,
+    port: u16,
+    what: &[u8],
+    wait: std::time::Duration,
+) -> std::io::Result<Option<Vec<u8>>> {
+    c.set_read_timeout(Some(wait))?;
+    c.send_to(what, ("127.0.0.1", port))?;
+    let mut buf = vec![0u8; 65536];
+    match c.recv_from(&mut buf) {
+        Ok((n, from)) => {
+            assert_eq!(
+                from,
+                std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                "an answer from elsewhere"
+            );
+            buf.truncate(n);
+            Ok(Some(buf))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Ok(None),
+        Err(e) => Err(e),
+    }
+}

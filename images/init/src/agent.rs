@@ -32,7 +32,9 @@
 //!
 //! A connection that asks for `Forward{port}` (a published port) leaves
 //! the loop: [`crate::forward`] makes it that guest TCP port's stream on a
-//! thread of its own, and it counts against neither bound above.
+//! thread of its own, and it counts against neither bound above; so does
+//! one that asks for `ForwardUdp{port}`, made one UDP flow by
+//! [`crate::forward_udp`].
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -71,6 +73,10 @@ const HELLO_TIMEOUT: Duration = if cfg!(test) {
 };
 /// The code of a process whose status could not be read.
 const EXIT_UNKNOWN: i32 = 125;
+
+/// Takes a greeted connection (and what is still queued for it) over for
+/// a published port: [`crate::forward::start`], [`crate::forward_udp::start`].
+type Forwarder = fn(OwnedFd, Vec<u8>, u16) -> Result<(), (OwnedFd, String)>;
 
 /// What [`serve`] serves.
 pub struct Options {
@@ -570,13 +576,14 @@ impl Agent {
                 }
             }
             Message::Signal { id, signo } => self.signal(k, id, signo as libc::c_int),
-            Message::Forward { port } => self.forward(k, port),
+            Message::Forward { port } => self.forward(k, port, crate::forward::start),
             Message::CopyOut { contents, path } => {
                 self.copy(k, crate::copy::Request::Out { contents, path })
             }
             Message::CopyIn { contents, path } => {
                 self.copy(k, crate::copy::Request::In { contents, path })
             }
+            Message::ForwardUdp { port } => self.forward(k, port, crate::forward_udp::start),
             Message::Resize { id, rows, cols } => {
                 if let Some(p) = self.find(k, id) {
                     if let (true, Some(fd)) = (p.tty, &p.stdout) {
@@ -588,10 +595,11 @@ impl Agent {
         }
     }
 
-    /// Hands connection `k` over to a forwarding thread
-    /// ([`crate::forward`]): it leaves the poll loop for good. Only a
-    /// connection with nothing else going on can be one.
-    fn forward(&mut self, k: u64, port: u16) {
+    /// Hands connection `k` over to a forwarding thread ([`crate::forward`]
+    /// for TCP, [`crate::forward_udp`] for UDP, as `start`): it leaves the
+    /// poll loop for good. Only a connection with nothing else going on
+    /// can be one.
+    fn forward(&mut self, k: u64, port: u16, start: Forwarder) {
         let busy = self.procs.iter().any(|p| p.conn == Some(k));
         let Some(c) = self.conns.get(&k) else {
             return;
@@ -604,7 +612,7 @@ impl Agent {
             return;
         };
         let queued: Vec<u8> = c.out.into_iter().collect();
-        if let Err((fd, why)) = crate::forward::start(c.fd, queued, port) {
+        if let Err((fd, why)) = start(c.fd, queued, port) {
             // Back in the table, only to be told why and closed.
             self.conns.insert(
                 k,
@@ -1763,6 +1771,55 @@ mod tests {
         let mut c = b.client()?;
         let (o, _, code) = run(&mut c, &exec(1, &["true"]))?;
         assert_eq!((o.len(), code), (0, 0));
+        Ok(())
+    }
+
+    #[test]
+    fn forward_udp_makes_a_connection_a_flow_of_a_guest_udp_port() -> Result {
+        use std::io::{Read, Write};
+        let b = TestBox::start()?;
+        let server = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        let port = server.local_addr()?.port();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = server.recv_from(&mut buf) {
+                let _ = server.send_to(&buf[..n], from);
+            }
+        });
+        // More flows at once than the agent takes framed connections.
+        let mut open = Vec::new();
+        for i in 0..MAX_CONNECTIONS + 4 {
+            let mut s = twinbox_agent::client::forward_udp(b.raw()?, port)?;
+            let mut out = Vec::new();
+            twinbox_agent::datagram::encode_into(format!("flow {i}").as_bytes(), &mut out)?;
+            s.write_all(&out)?;
+            open.push(s);
+        }
+        for (i, s) in open.iter_mut().enumerate() {
+            let mut d = twinbox_agent::datagram::Decoder::new();
+            let got = loop {
+                if let Some(g) = d.next_datagram()? {
+                    break g.to_vec();
+                }
+                let n = s.read(d.space())?;
+                assert!(n > 0, "flow {i} closed");
+                d.filled(n);
+            };
+            assert_eq!(got, format!("flow {i}").as_bytes());
+        }
+        drop(open);
+        // ForwardUdp is not for a connection that runs processes either.
+        let mut c = b.client()?;
+        c.exec(&exec(2, &["sleep", "5"]))?;
+        c.sender().send(&Message::ForwardUdp { port })?;
+        loop {
+            match c.recv()? {
+                Message::Failed { id: 0, .. } => break,
+                Message::Started { .. } => {}
+                m => return Err(format!("expected Failed, got {m:?}").into()),
+            }
+        }
+        assert_eq!(b.stop()?, (143, 143));
         Ok(())
     }
 

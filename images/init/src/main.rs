@@ -43,6 +43,7 @@
 mod agent;
 mod copy;
 mod forward;
+mod forward_udp;
 mod mailbox;
 mod port;
 mod spawn;
