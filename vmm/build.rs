@@ -29,7 +29,9 @@ fn compile(list: &[&rules::Allowed]) -> Vec<u8> {
     }
     let filter = SeccompFilter::new(
         map,
-        SeccompAction::KillProcess,
+        // Trapped, so the process can say which call it was before it
+        // dies of SIGSYS (seccomp/mod.rs).
+        SeccompAction::Trap,
         SeccompAction::Allow,
         TargetArch::x86_64,
     )
