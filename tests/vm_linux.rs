@@ -1665,6 +1665,15 @@ fn every_vm_test_passes_under_nested_svm_too() -> TestResult {
         doctor.contains("hardware KVM (AMD-V)") && doctor.contains("nested"),
         "doctor under nested SVM:\n{doctor}"
     );
+    // A seccomp kill in the outer machine is logged by its kernel: shown
+    // here, before a failure that may come of it.
+    let log = report["kernel_log"].as_str().unwrap_or_default();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("type=1326") || l.contains("seccomp"))
+    {
+        eprintln!("outer kernel: {l}");
+    }
     assert_all_passed("tests/vm_linux.rs", &steps[1], want_here);
     assert_all_passed("vmm/tests/null_guest.rs", &steps[2], want_null);
     assert_all_passed("vmm/tests/snapshot.rs", &steps[3], want_snapshot);
