@@ -95,11 +95,10 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        for id in ["tb-ctr-d"] {
-            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
-            let _ = self.ctr(&["task", "delete", "--force", id]);
-            let _ = self.ctr(&["container", "delete", id]);
-        }
+        let id = "tb-ctr-d";
+        let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        let _ = self.ctr(&["task", "delete", "--force", id]);
+        let _ = self.ctr(&["container", "delete", id]);
         if let Some(mut c) = self.child.take() {
             // SAFETY: kill takes integers; the pid is our child's.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
