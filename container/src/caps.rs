@@ -237,6 +237,14 @@ pub fn drop_bounding(bounding: u64, last_cap: u32) -> Result<(), nix::errno::Err
     Ok(())
 }
 
+/// The ambient capabilities of `s` the kernel lets a process raise: those
+/// also permitted and inheritable. The rest are skipped, not refused, as
+/// runc skips them (`runc spec`'s own default asks for ambient
+/// capabilities without inheritable ones).
+pub fn raisable(s: &Sets) -> u64 {
+    s.ambient & s.permitted & s.inheritable
+}
+
 /// Sets the effective, permitted and inheritable sets of `s` and raises
 /// its ambient ones (the second half, after the user change, which the
 /// caller made with `PR_SET_KEEPCAPS` so the permitted set survived).
@@ -256,8 +264,9 @@ pub fn apply_sets(s: &Sets, last_cap: u32) -> Result<(), nix::errno::Errno> {
     {
         return Err(nix::errno::Errno::last());
     }
+    let raise = raisable(s);
     for cap in 0..=last_cap.min(63) {
-        if s.ambient & (1 << cap) != 0 {
+        if raise & (1 << cap) != 0 {
             // SAFETY: PR_CAP_AMBIENT_RAISE takes a capability number only.
             let r = unsafe {
                 libc::prctl(
@@ -279,6 +288,17 @@ pub fn apply_sets(s: &Sets, last_cap: u32) -> Result<(), nix::errno::Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_permitted_and_inheritable_ambient_caps_are_raised() {
+        let s = Sets {
+            ambient: 0b1111,
+            permitted: 0b0111,
+            inheritable: 0b1101,
+            ..Default::default()
+        };
+        assert_eq!(raisable(&s), 0b0101);
+    }
 
     #[test]
     fn names_are_the_kernel_numbers() {
