@@ -3,7 +3,8 @@
 //! answers to it when called by that name (a link to it: engines exec
 //! the runtime by path, and one static binary is one thing to install).
 //!
-//! Commands: `create`, `start`, `state`, `kill`, `delete`, `exec`, `ps`,
+//! Commands: `create`, `start`, `run` (both, then a wait for the program
+//! and a delete, as `runc run`), `state`, `kill`, `delete`, `exec`, `ps`,
 //! `features`; global flags `--root`, `--log`, `--log-format`,
 //! `--systemd-cgroup` (refused). Errors go to stderr and, as log lines,
 //! to `--log` (JSON objects with `level`, `msg` and `time` with
@@ -73,6 +74,31 @@ enum Cmd {
         /// Accepted (no session keyring is made anyway).
         #[arg(long = "no-new-keyring")]
         no_new_keyring: bool,
+        /// The container's id.
+        id: String,
+    },
+    /// Creates and starts a container; without --detach, waits for its
+    /// program (signals sent to the runtime are passed on), deletes the
+    /// container and exits with the program's status.
+    Run {
+        /// The bundle directory.
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+        /// Where to write the container's pid.
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        /// A Unix socket that gets the terminal's master.
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        /// MS_MOVE and chroot instead of pivot_root.
+        #[arg(long = "no-pivot")]
+        no_pivot: bool,
+        /// Accepted (no session keyring is made anyway).
+        #[arg(long = "no-new-keyring")]
+        no_new_keyring: bool,
+        /// Return once the program runs; the container stays.
+        #[arg(long, short = 'd')]
+        detach: bool,
         /// The container's id.
         id: String,
     },
@@ -226,6 +252,35 @@ fn run(cli: &Cli) -> Result<u8> {
             *no_pivot,
             id,
         ),
+        Cmd::Run {
+            bundle,
+            pid_file,
+            console_socket,
+            no_pivot,
+            detach,
+            id,
+            ..
+        } => {
+            create(
+                root,
+                bundle,
+                pid_file.as_deref(),
+                console_socket,
+                *no_pivot,
+                id,
+            )?;
+            if let Err(e) = start(root, id) {
+                let _ = delete(root, id, true);
+                return Err(e);
+            }
+            if *detach {
+                return Ok(0);
+            }
+            let (_, s) = state::load(root, id)?;
+            let code = wait_passing_signals(s.pid);
+            delete(root, id, true)?;
+            code
+        }
         Cmd::Start { id } => start(root, id),
         Cmd::State { id } => {
             let (dir, s) = state::load(root, id)?;
@@ -466,6 +521,53 @@ fn start(root: &Path, id: &str) -> Result<u8> {
         }
     }
     Ok(0)
+}
+
+/// Waits for `pid`, the container's first process and this process's
+/// child (`create` cloned it), passing on the signals a shell or an
+/// engine sends to the runtime; its status, 128 + N for death by signal N.
+fn wait_passing_signals(pid: i32) -> Result<u8> {
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+    let mut mask = SigSet::empty();
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        mask.add(sig);
+    }
+    mask.thread_block()?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+    loop {
+        let mut status = 0;
+        // SAFETY: reaps our own child into a local.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            return Ok(if libc::WIFSIGNALED(status) {
+                (128 + libc::WTERMSIG(status)) as u8
+            } else {
+                libc::WEXITSTATUS(status) as u8
+            });
+        }
+        if r < 0 {
+            bail!("waiting for the container: {}", nix::errno::Errno::last());
+        }
+        let mut fds = [libc::pollfd {
+            fd: std::os::fd::AsRawFd::as_raw_fd(&sigfd),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: polls one pollfd we own, 20 ms at most.
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, 20) };
+        while let Ok(Some(si)) = sigfd.read_signal() {
+            // SAFETY: kill takes integers only; the pid is our unreaped child.
+            unsafe { libc::kill(pid, si.ssi_signo as i32) };
+        }
+    }
 }
 
 /// A signal by number or name (`9`, `KILL`, `SIGKILL`).
