@@ -78,7 +78,8 @@ fn a_quick_full_run_measures_and_reports_every_scenario() -> Result<(), Box<dyn 
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("results.json"))?)?;
     let startup = v["startup"]["subjects"].as_array().ok_or("startup")?;
     let find = |name: &str| startup.iter().find(|s| s["name"] == name).cloned();
-    for name in ["native", "twinbox-container"] {
+    // twinbox-runtime, the OCI runtime, on the same bundles as crun and runc.
+    for name in ["native", "twinbox-container", "twinbox-runtime"] {
         let s = find(name).ok_or(name)?;
         assert_eq!(
             s["samples"].as_array().map(Vec::len),

@@ -27,7 +27,8 @@ pub fn run(args: ContainerBenchArgs) -> Result<()> {
     let ours = lab.container(Some(timings.clone()));
     let crun = lab.oci("crun")?;
     let runc = lab.oci("runc")?;
-    let subjects: [&dyn Subject; 5] = [&native, &unshare, &ours, &crun, &runc];
+    let ours_oci = lab.oci_twinbox()?;
+    let subjects: [&dyn Subject; 6] = [&native, &unshare, &ours, &crun, &runc, &ours_oci];
     let plan = Plan {
         runs: args.runs,
         warmup: args.warmup,

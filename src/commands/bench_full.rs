@@ -107,8 +107,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let crun = lab.oci("crun")?;
     let runc = lab.oci("runc")?;
     let runsc = lab.oci("runsc")?;
+    let ours_oci = lab.oci_twinbox()?;
     let (vmm, qemu, fc) = lab.floor(args.firecracker.clone())?;
-    let boxes: [&dyn Subject; 8] = [&native, &ours, vm, vm_cold, &unshare, &crun, &runc, &runsc];
+    let boxes: [&dyn Subject; 9] = [
+        &native, &ours, vm, vm_cold, &unshare, &crun, &runc, &runsc, &ours_oci,
+    ];
     let monitors: [&dyn Subject; 3] = [&vmm, &qemu, &fc];
 
     let mut notes: Vec<String> = lab.note.iter().cloned().collect();

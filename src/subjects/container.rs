@@ -175,10 +175,11 @@ impl Subject for TwinboxContainer {
     }
 }
 
-/// An OCI runtime (crun, runc or runsc) on bundles of the same rootfs, one
-/// bundle per distinct argv, written on first use.
+/// An OCI runtime (crun, runc, runsc, or twinbox-runtime, the twinbox
+/// binary by that name) on bundles of the same rootfs, one bundle per
+/// distinct argv, written on first use.
 pub struct OciRuntime {
-    /// `crun`, `runc` or `runsc`.
+    /// `crun`, `runc`, `runsc` or `twinbox-runtime`.
     pub runtime: &'static str,
     /// Its binary, if found.
     pub binary: Option<PathBuf>,
@@ -192,11 +193,22 @@ pub struct OciRuntime {
 impl OciRuntime {
     /// Finds `runtime` on PATH; bundles of `rootfs` go under `dir`.
     pub fn new(runtime: &'static str, rootfs: &Path, dir: &Path) -> std::io::Result<Self> {
+        Self::with_binary(runtime, on_path(runtime), rootfs, dir)
+    }
+
+    /// `runtime` at `binary` (twinbox-runtime: a link to the twinbox copy
+    /// the subjects run).
+    pub fn with_binary(
+        runtime: &'static str,
+        binary: Option<PathBuf>,
+        rootfs: &Path,
+        dir: &Path,
+    ) -> std::io::Result<Self> {
         let state = dir.join(format!("{runtime}-state"));
         std::fs::create_dir_all(&state)?;
         Ok(Self {
             runtime,
-            binary: on_path(runtime),
+            binary,
             rootfs: rootfs.to_path_buf(),
             dir: dir.to_path_buf(),
             state,
@@ -270,6 +282,9 @@ impl Subject for OciRuntime {
         Some(self.command_argv(&argv))
     }
     fn version(&self) -> Option<String> {
+        if self.runtime == "twinbox-runtime" {
+            return Some(format!("twinbox-runtime {}", env!("CARGO_PKG_VERSION")));
+        }
         first_line(Command::new(self.binary.as_deref()?).arg("--version"))
     }
 }

@@ -151,6 +151,22 @@ impl Lab {
         Ok(OciRuntime::new(runtime, &self.rootfs, self.dir.path())?)
     }
 
+    /// twinbox-runtime, twinbox's OCI runtime, on the same bundles as crun
+    /// and runc: a link by that name to the twinbox copy the subjects run.
+    pub fn oci_twinbox(&self) -> Result<OciRuntime> {
+        let link = self.dir.path().join("twinbox-runtime");
+        if !link.exists() {
+            std::os::unix::fs::symlink(&self.exe, &link)
+                .with_context(|| format!("linking {}", link.display()))?;
+        }
+        Ok(OciRuntime::with_binary(
+            "twinbox-runtime",
+            Some(link),
+            &self.rootfs,
+            self.dir.path(),
+        )?)
+    }
+
     /// The monitors on the null guest (exit and idle variants written here).
     pub fn floor(
         &self,
