@@ -526,6 +526,7 @@ fn start(root: &Path, id: &str) -> Result<u8> {
 /// Waits for `pid`, the container's first process and this process's
 /// child (`create` cloned it), passing on the signals a shell or an
 /// engine sends to the runtime; its status, 128 + N for death by signal N.
+/// SIGCHLD is taken on the same signalfd, so the end wakes the wait.
 fn wait_passing_signals(pid: i32) -> Result<u8> {
     use nix::sys::signal::{SigSet, Signal};
     use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -537,6 +538,8 @@ fn wait_passing_signals(pid: i32) -> Result<u8> {
         Signal::SIGQUIT,
         Signal::SIGUSR1,
         Signal::SIGUSR2,
+        // Not passed on: it wakes the wait when the program ends.
+        Signal::SIGCHLD,
     ] {
         mask.add(sig);
     }
@@ -561,11 +564,13 @@ fn wait_passing_signals(pid: i32) -> Result<u8> {
             events: libc::POLLIN,
             revents: 0,
         }];
-        // SAFETY: polls one pollfd we own, 20 ms at most.
-        unsafe { libc::poll(fds.as_mut_ptr(), 1, 20) };
+        // SAFETY: polls one pollfd we own, 1 s at most (SIGCHLD wakes it).
+        unsafe { libc::poll(fds.as_mut_ptr(), 1, 1000) };
         while let Ok(Some(si)) = sigfd.read_signal() {
-            // SAFETY: kill takes integers only; the pid is our unreaped child.
-            unsafe { libc::kill(pid, si.ssi_signo as i32) };
+            if si.ssi_signo != libc::SIGCHLD as u32 {
+                // SAFETY: kill takes integers only; the pid is our unreaped child.
+                unsafe { libc::kill(pid, si.ssi_signo as i32) };
+            }
         }
     }
 }
