@@ -93,7 +93,7 @@ pub fn run(args: ContainerBenchArgs) -> Result<()> {
     println!("\nHost memory per idle box (PSS of the processes outside the box that it keeps alive; median of 3):\n");
     println!("| subject | processes | PSS (KiB) |");
     println!("|---|---|---|");
-    let idle_subjects: [&dyn Subject; 4] = [&ours, &unshare, &crun, &runc];
+    let idle_subjects: [&dyn Subject; 5] = [&ours, &unshare, &crun, &runc, &ours_oci];
     let mut idle_json = Vec::new();
     for s in idle_subjects {
         super::bench::check_stopped()?;
