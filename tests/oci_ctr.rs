@@ -112,23 +112,12 @@ impl Drop for Containerd {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // A shim that outlived its containerd has its root bind and tmpfs
-        // mounts under the state directory: unmount what is ours.
-        let dir = self.dir.to_string_lossy().into_owned();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(&dir))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        // What the engine left mounted under its directories.
+        common::unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(NAMESPACE));
-        for ctl in ["memory", "pids", "cpu", "devices", "freezer", "blkio"] {
-            let _ = std::fs::remove_dir(Path::new("/sys/fs/cgroup").join(ctl).join(NAMESPACE));
+        for h in common::cgroup_hierarchies() {
+            let _ = std::fs::remove_dir(h.join(NAMESPACE));
         }
     }
 }
@@ -138,10 +127,7 @@ fn skip_reason() -> Option<String> {
         return Some("needs root (containerd)".into());
     }
     for tool in ["containerd", "ctr", "containerd-shim-runc-v2"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
+        if !common::on_path(tool) {
             return Some(format!(
                 "{tool} is not installed (apt-get install containerd)"
             ));
@@ -170,8 +156,8 @@ fn leftovers(c: &Containerd) -> Vec<String> {
             );
         }
     }
-    for ctl in ["memory", "pids", "cpu", "devices", "freezer", "blkio"] {
-        let parent = Path::new("/sys/fs/cgroup").join(ctl).join(NAMESPACE);
+    for h in common::cgroup_hierarchies() {
+        let parent = h.join(NAMESPACE);
         if let Ok(entries) = std::fs::read_dir(&parent) {
             v.extend(
                 entries

@@ -112,19 +112,8 @@ impl Drop for Dockerd {
             let _ = c.kill();
             let _ = c.wait();
         }
-        // dockerd leaves its overlay mounts and netns files mounted under
-        // the data and exec roots if anything went wrong: unmount them.
-        let dir = self.dir.to_string_lossy().into_owned();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(&dir))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        // What the engine left mounted under its directories.
+        common::unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
     }
@@ -135,10 +124,7 @@ fn skip_reason() -> Option<String> {
         return Some("needs root (dockerd)".into());
     }
     for tool in ["dockerd", "docker", "containerd", "ip"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
+        if !common::on_path(tool) {
             return Some(format!(
                 "{tool} is not installed (apt-get install docker.io)"
             ));
@@ -159,8 +145,8 @@ fn leftovers(d: &Dockerd) -> Vec<String> {
                 .map(|e| format!("state {}", e.path().display())),
         );
     }
-    for ctl in ["memory", "pids", "cpu", "devices", "freezer", "blkio"] {
-        let parent = Path::new("/sys/fs/cgroup").join(ctl).join("docker");
+    for h in common::cgroup_hierarchies() {
+        let parent = h.join("docker");
         if let Ok(entries) = std::fs::read_dir(&parent) {
             v.extend(
                 entries

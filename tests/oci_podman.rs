@@ -70,17 +70,7 @@ impl Podman {
 impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.podman(&["rm", "-f", "-a", "-t", "0"]);
-        let dir = self.dir.to_string_lossy().into_owned();
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut ours: Vec<&str> = mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4))
-            .filter(|m| m.starts_with(&dir))
-            .collect();
-        ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
-        for m in ours {
-            let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        common::unmount_under(&self.dir);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -90,10 +80,7 @@ fn skip_reason() -> Option<String> {
         return Some("needs root (rootful podman)".into());
     }
     for tool in ["podman", "conmon"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
+        if !common::on_path(tool) {
             return Some(format!("{tool} is not installed (apt-get install podman)"));
         }
     }
@@ -110,11 +97,8 @@ fn leftovers(ids: &[String]) -> Vec<String> {
         if state.exists() {
             v.push(format!("state {}", state.display()));
         }
-        for ctl in ["memory", "pids", "cpu", "devices", "freezer", "blkio"] {
-            let g = Path::new("/sys/fs/cgroup")
-                .join(ctl)
-                .join("libpod_parent")
-                .join(format!("libpod-{id}"));
+        for h in common::cgroup_hierarchies() {
+            let g = h.join("libpod_parent").join(format!("libpod-{id}"));
             if g.exists() {
                 v.push(format!("cgroup {}", g.display()));
             }

@@ -637,8 +637,22 @@ fn delete(root: &Path, id: &str, force: bool) -> Result<u8> {
     }
     twinbox_container::cgroups::oci::remove(&s.cgroups)
         .context("removing the container's cgroups")?;
+    remove_default_parents(&s.cgroups);
     state::remove(&dir)?;
     Ok(0)
+}
+
+/// Removes the default parent groups (`spec::DEFAULT_CGROUP_PARENT`, ours
+/// to make) above `groups` once they are empty; one another container
+/// still uses stays (rmdir refuses it).
+fn remove_default_parents(groups: &[PathBuf]) {
+    for g in groups {
+        if let Some(parent) = g.parent() {
+            if parent.file_name() == Some(std::ffi::OsStr::new(spec::DEFAULT_CGROUP_PARENT)) {
+                let _ = std::fs::remove_dir(parent);
+            }
+        }
+    }
 }
 
 fn exec(

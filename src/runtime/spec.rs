@@ -668,6 +668,10 @@ fn seccomp_action(name: &str, errno: Option<u32>, what: &str) -> Result<filter::
     })
 }
 
+/// The group, under each hierarchy's root, of containers whose spec
+/// gives no `cgroupsPath`: theirs are `/<this>/<id>`.
+pub const DEFAULT_CGROUP_PARENT: &str = "twinbox-runtime";
+
 /// Compiles `linux.seccomp` to BPF (`None`: no filter).
 pub fn seccomp(spec: &Spec) -> Result<Option<Vec<libc::sock_filter>>, Error> {
     let Some(s) = &spec.linux.seccomp else {
@@ -819,7 +823,7 @@ pub fn bundle(spec: &Spec, cx: Context<'_>) -> Result<Bundle, Error> {
             }
             p.to_string()
         }
-        _ => format!("/twinbox-runtime/{}", cx.id),
+        _ => format!("/{DEFAULT_CGROUP_PARENT}/{}", cx.id),
     };
     Ok(Bundle {
         root: root_path,

@@ -291,3 +291,42 @@ pub fn udp_ask(
         Err(e) => Err(e),
     }
 }
+
+/// Whether `tool` is a file in a directory of `$PATH`.
+#[allow(dead_code)]
+pub fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+/// Detaches every mount at or under `dir`, deepest first (what an engine
+/// left mounted under its private directories when a test failed).
+#[allow(dead_code)]
+pub fn unmount_under(dir: &Path) {
+    let dir = dir.to_string_lossy().into_owned();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut ours: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| m.starts_with(&dir))
+        .collect();
+    ours.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in ours {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The v1 hierarchies' roots (`/sys/fs/cgroup/<controller>`), every one
+/// mounted, so a leftover check misses none (cpuacct is its own here).
+#[allow(dead_code)]
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    std::fs::read_dir("/sys/fs/cgroup")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir() && p.file_name().is_some_and(|n| n != "unified"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
