@@ -59,21 +59,8 @@ struct Cli {
 enum Cmd {
     /// Makes a container from a bundle; its process waits for `start`.
     Create {
-        /// The bundle directory.
-        #[arg(long, short = 'b', default_value = ".")]
-        bundle: PathBuf,
-        /// Where to write the container's pid.
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        /// A Unix socket that gets the terminal's master.
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        /// MS_MOVE and chroot instead of pivot_root.
-        #[arg(long = "no-pivot")]
-        no_pivot: bool,
-        /// Accepted (no session keyring is made anyway).
-        #[arg(long = "no-new-keyring")]
-        no_new_keyring: bool,
+        #[command(flatten)]
+        new: NewArgs,
         /// The container's id.
         id: String,
     },
@@ -81,21 +68,8 @@ enum Cmd {
     /// program (signals sent to the runtime are passed on), deletes the
     /// container and exits with the program's status.
     Run {
-        /// The bundle directory.
-        #[arg(long, short = 'b', default_value = ".")]
-        bundle: PathBuf,
-        /// Where to write the container's pid.
-        #[arg(long = "pid-file")]
-        pid_file: Option<PathBuf>,
-        /// A Unix socket that gets the terminal's master.
-        #[arg(long = "console-socket")]
-        console_socket: Option<PathBuf>,
-        /// MS_MOVE and chroot instead of pivot_root.
-        #[arg(long = "no-pivot")]
-        no_pivot: bool,
-        /// Accepted (no session keyring is made anyway).
-        #[arg(long = "no-new-keyring")]
-        no_new_keyring: bool,
+        #[command(flatten)]
+        new: NewArgs,
         /// Return once the program runs; the container stays.
         #[arg(long, short = 'd')]
         detach: bool,
@@ -171,6 +145,26 @@ enum Cmd {
     Features,
 }
 
+/// What `create` and `run` take to make a container.
+#[derive(clap::Args, Debug)]
+struct NewArgs {
+    /// The bundle directory.
+    #[arg(long, short = 'b', default_value = ".")]
+    bundle: PathBuf,
+    /// Where to write the container's pid.
+    #[arg(long = "pid-file")]
+    pid_file: Option<PathBuf>,
+    /// A Unix socket that gets the terminal's master.
+    #[arg(long = "console-socket")]
+    console_socket: Option<PathBuf>,
+    /// MS_MOVE and chroot instead of pivot_root.
+    #[arg(long = "no-pivot")]
+    no_pivot: bool,
+    /// Accepted (no session keyring is made anyway).
+    #[arg(long = "no-new-keyring")]
+    no_new_keyring: bool,
+}
+
 /// Where log lines go.
 struct Log {
     file: Option<PathBuf>,
@@ -237,38 +231,9 @@ pub fn main() -> ExitCode {
 fn run(cli: &Cli) -> Result<u8> {
     let root = &cli.root;
     match &cli.cmd {
-        Cmd::Create {
-            bundle,
-            pid_file,
-            console_socket,
-            no_pivot,
-            id,
-            ..
-        } => create(
-            root,
-            bundle,
-            pid_file.as_deref(),
-            console_socket,
-            *no_pivot,
-            id,
-        ),
-        Cmd::Run {
-            bundle,
-            pid_file,
-            console_socket,
-            no_pivot,
-            detach,
-            id,
-            ..
-        } => {
-            create(
-                root,
-                bundle,
-                pid_file.as_deref(),
-                console_socket,
-                *no_pivot,
-                id,
-            )?;
+        Cmd::Create { new, id } => create(root, new, id),
+        Cmd::Run { new, detach, id } => {
+            create(root, new, id)?;
             if let Err(e) = start(root, id) {
                 let _ = delete(root, id, true);
                 return Err(e);
@@ -374,14 +339,9 @@ fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
 }
 
-fn create(
-    root: &Path,
-    bundle: &Path,
-    pid_file: Option<&Path>,
-    console_socket: &Option<PathBuf>,
-    no_pivot: bool,
-    id: &str,
-) -> Result<u8> {
+fn create(root: &Path, new: &NewArgs, id: &str) -> Result<u8> {
+    let (bundle, pid_file) = (&new.bundle, new.pid_file.as_deref());
+    let (console_socket, no_pivot) = (&new.console_socket, new.no_pivot);
     let bundle =
         std::fs::canonicalize(bundle).with_context(|| format!("bundle {}", bundle.display()))?;
     let spec = spec::load(&bundle)?;
